@@ -1,0 +1,263 @@
+"""One configuration for every actor: built-in defaults < config file < environment.
+
+The file is TOML (``rswarm.toml`` at the repository root, or the path in ``RSWARM_CONFIG``).
+Every key can be overridden from the environment as ``RSWARM_<SECTION>_<KEY>`` (upper case),
+plus three well-known names: ``MONGO_URI``, ``RSWARM_API_TOKEN`` and ``RSWARM_RUN_DIR``.
+Everything defaults to loopback; nothing is hard-coded elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A config file or environment value is invalid; the message names the key."""
+
+
+@dataclass
+class MongoConfig:
+    uri: str = ""  # empty: Management.py starts the embedded SecantusDB server
+    database: str = "rswarm"
+    embedded_host: str = "127.0.0.1"
+    embedded_port: int = 27117
+    timeout_seconds: float = 5.0
+
+
+@dataclass
+class FrontEndConfig:
+    host: str = "127.0.0.1"
+    port: int = 5001
+    workers: int = 2
+    threads: int = 8
+    max_body_bytes: int = 1_048_576
+    max_tasks_per_job: int = 256
+    default_mem_limit: str = "128m"
+    volume_root: str = ""  # empty: <run_dir>/volumes
+
+
+@dataclass
+class GlobalManagerConfig:
+    host: str = "127.0.0.1"
+    port: int = 5000
+    pub_host: str = "127.0.0.1"
+    pub_port: int = 5557
+    advertise_addr: str = "127.0.0.1"
+    docker_url: str = "unix:///var/run/docker.sock"
+    network_pool: str = "10.201.0.0/16"
+    network_prefix: int = 24
+    sweep_seconds: float = 10.0
+
+
+@dataclass
+class JobManagerConfig:
+    host: str = "127.0.0.1"
+    hint_port: int = 5555
+    sweep_seconds: float = 5.0
+    strategy: str = "first-fit"
+    lease_seconds: float = 30.0
+    redeploy_after_seconds: float = 10.0
+
+
+@dataclass
+class DiscoveryConfig:
+    host: str = "127.0.0.1"
+    port: int = 5556
+    heartbeat_timeout_seconds: float = 15.0
+    sweep_seconds: float = 5.0
+
+
+@dataclass
+class WorkerConfig:
+    name: str = ""  # empty: this host's name
+    docker_url: str = "unix:///var/run/docker.sock"
+    cores: str = ""  # empty: every core the engine has; else a cpuset such as "0-3"
+    memory: str = ""  # empty: the engine's memory; else "8g"
+    heartbeat_seconds: float = 3.0
+    sweep_seconds: float = 5.0
+    stop_timeout_seconds: int = 5
+
+
+@dataclass
+class Config:
+    run_dir: str = ""
+    api_token: str = ""
+    cluster_id: str = ""
+    mongo: MongoConfig = field(default_factory=MongoConfig)
+    frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
+    globalmanager: GlobalManagerConfig = field(default_factory=GlobalManagerConfig)
+    jobmanager: JobManagerConfig = field(default_factory=JobManagerConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+
+    # ---- derived values -------------------------------------------------------------------
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir)
+
+    @property
+    def token_file(self) -> Path:
+        return self.run_path / "api_token"
+
+    @property
+    def cluster_file(self) -> Path:
+        return self.run_path / "cluster_id"
+
+    @property
+    def mongo_uri(self) -> str:
+        if self.mongo.uri:
+            return self.mongo.uri
+        return f"mongodb://{self.mongo.embedded_host}:{self.mongo.embedded_port}/"
+
+    @property
+    def frontend_url(self) -> str:
+        return f"http://{self.frontend.host}:{self.frontend.port}"
+
+    @property
+    def globalmanager_url(self) -> str:
+        return f"http://{self.globalmanager.host}:{self.globalmanager.port}"
+
+    @property
+    def jobmanager_hint_endpoint(self) -> str:
+        return f"tcp://{self.jobmanager.host}:{self.jobmanager.hint_port}"
+
+    @property
+    def discovery_endpoint(self) -> str:
+        return f"tcp://{self.discovery.host}:{self.discovery.port}"
+
+    @property
+    def globalmanager_pub_endpoint(self) -> str:
+        return f"tcp://{self.globalmanager.pub_host}:{self.globalmanager.pub_port}"
+
+    @property
+    def worker_name(self) -> str:
+        return self.worker.name or socket.gethostname()
+
+    @property
+    def volume_root(self) -> Path:
+        return Path(self.frontend.volume_root or (self.run_path / "volumes"))
+
+    def token(self) -> str:
+        """The API token: the configured value, else the run directory's token file."""
+        if self.api_token:
+            return self.api_token
+        try:
+            return self.token_file.read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    def cluster(self) -> str:
+        """This deployment's id, which labels every container and network it creates."""
+        if self.cluster_id:
+            return self.cluster_id
+        try:
+            return self.cluster_file.read_text().strip()
+        except FileNotFoundError:
+            return "default"
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces this config in a child process."""
+        env = {"RSWARM_RUN_DIR": self.run_dir}
+        if self.mongo.uri:
+            env["MONGO_URI"] = self.mongo.uri
+        for section in _SECTIONS:
+            sub = getattr(self, section)
+            for f in fields(sub):
+                env[f"RSWARM_{section.upper()}_{f.name.upper()}"] = str(getattr(sub, f.name))
+        return env
+
+
+_SECTIONS = ("mongo", "frontend", "globalmanager", "jobmanager", "discovery", "worker")
+_PORT_KEYS = {"port", "pub_port", "hint_port", "embedded_port"}
+
+
+def _coerce(where: str, current: Any, raw: Any) -> Any:
+    kind = type(current)
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(raw, bool):
+                raise ValueError
+            return int(raw)
+        if kind is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if not isinstance(raw, str | int | float) or isinstance(raw, bool):
+            raise ValueError
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {raw!r}") from None
+
+
+def _check(cfg: Config) -> None:
+    for section in _SECTIONS:
+        sub = getattr(cfg, section)
+        for f in fields(sub):
+            value = getattr(sub, f.name)
+            where = f"{section}.{f.name}"
+            if f.name in _PORT_KEYS and not 1 <= value <= 65535:
+                raise ConfigError(f"{where}: port must be 1..65535, got {value}")
+            if f.name.endswith("seconds") and value <= 0:
+                raise ConfigError(f"{where}: must be > 0, got {value}")
+    if not 8 <= cfg.globalmanager.network_prefix <= 29:
+        raise ConfigError("globalmanager.network_prefix: must be 8..29")
+    for key in ("workers", "threads", "max_body_bytes", "max_tasks_per_job"):
+        if getattr(cfg.frontend, key) < 1:
+            raise ConfigError(f"frontend.{key}: must be >= 1")
+
+
+def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:
+    """Load the config; raise ConfigError naming the key on any invalid value."""
+    env = dict(os.environ if env is None else env)
+    cfg = Config()
+    file = Path(path or env.get("RSWARM_CONFIG") or REPO_ROOT / "rswarm.toml")
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+        for key, value in data.items():
+            if key in _SECTIONS:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{file}: [{key}] must be a table")
+                sub = getattr(cfg, key)
+                names = {f.name for f in fields(sub)}
+                for k, v in value.items():
+                    if k not in names:
+                        raise ConfigError(f"{file}: unknown key {key}.{k}")
+                    setattr(sub, k, _coerce(f"{key}.{k}", getattr(sub, k), v))
+            elif key in ("run_dir", "cluster_id"):
+                setattr(cfg, key, _coerce(key, "", value))
+            elif key == "api_token":
+                raise ConfigError(f"{file}: api_token does not belong in a file; use RSWARM_API_TOKEN")
+            else:
+                raise ConfigError(f"{file}: unknown key {key}")
+    for section in _SECTIONS:
+        sub = getattr(cfg, section)
+        for f in fields(sub):
+            name = f"RSWARM_{section.upper()}_{f.name.upper()}"
+            if name in env:
+                setattr(sub, f.name, _coerce(name, getattr(sub, f.name), env[name]))
+    if env.get("MONGO_URI"):
+        cfg.mongo.uri = env["MONGO_URI"]
+    cfg.api_token = env.get("RSWARM_API_TOKEN", cfg.api_token)
+    cfg.cluster_id = env.get("RSWARM_CLUSTER_ID", cfg.cluster_id)
+    cfg.run_dir = str(Path(env.get("RSWARM_RUN_DIR") or cfg.run_dir or REPO_ROOT / "run").resolve())
+    _check(cfg)
+    return cfg

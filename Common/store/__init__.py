@@ -1,0 +1,54 @@
+"""The MongoDB access layer: the only code that knows collection names and document shapes.
+
+``Store.connect(cfg)`` gives one handle with ``jobs``, ``workers``, ``networks``, ``events`` and
+``settings`` repositories. Every write that races another actor is a conditional update.
+"""
+
+from __future__ import annotations
+
+import pymongo
+from pymongo.database import Database
+
+from Common.config import Config
+from Common.store.events import EventLog
+from Common.store.jobs import JobStore
+from Common.store.networks import NetworkStore
+from Common.store.settings import SettingsStore
+from Common.store.workers import WorkerStore
+
+
+class Store:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.events = EventLog(db)
+        self.jobs = JobStore(db, self.events)
+        self.workers = WorkerStore(db, self.events)
+        self.networks = NetworkStore(db)
+        self.settings = SettingsStore(db)
+
+    @classmethod
+    def connect(cls, cfg: Config, app_name: str = "rswarm") -> Store:
+        client: pymongo.MongoClient = pymongo.MongoClient(
+            cfg.mongo_uri,
+            appname=app_name,
+            serverSelectionTimeoutMS=int(cfg.mongo.timeout_seconds * 1000),
+            connectTimeoutMS=int(cfg.mongo.timeout_seconds * 1000),
+            tz_aware=True,
+        )
+        return cls(client[cfg.mongo.database])
+
+    def ensure_indexes(self) -> None:
+        self.jobs.ensure_indexes()
+        self.workers.ensure_indexes()
+        self.networks.ensure_indexes()
+        self.events.ensure_indexes()
+
+    def ping(self) -> bool:
+        try:
+            self.db.command("ping")
+            return True
+        except pymongo.errors.PyMongoError:
+            return False
+
+    def close(self) -> None:
+        self.db.client.close()

@@ -1,0 +1,171 @@
+"""Worker records and resource claims (OpenStack placement style).
+
+A worker document holds its capacity, its free cores and memory, and one *allocation* per task placed
+on it (``allocations["<job_id>:<task>"] = {cores, mem, token}``; bounded: each holds at least one
+core). A claim is a conditional update on the worker's ``generation``: if anything changed since the
+caller's snapshot the update matches nothing, the caller re-reads and either claims the same cores
+(still free) or gives up and re-plans. A release is guarded by the allocation's token, so it happens
+exactly once, and bumps the generation so no claim computed before it can overwrite it. Free cores
+and memory are therefore never double-booked, never leaked by a lost race, and never negative.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.database import Database
+
+from Common.store.events import EventLog
+
+READY = "READY"
+DOWN = "DOWN"
+DRAINING = "DRAINING"
+
+
+def alloc_key(job_id: str, task: str) -> str:
+    return f"{job_id}:{task}"
+
+
+@dataclass(frozen=True)
+class Alloc:
+    job_id: str
+    task: str
+    cores: tuple[int, ...]
+    mem: int
+    token: str
+
+    @property
+    def key(self) -> str:
+        return alloc_key(self.job_id, self.task)
+
+    def doc(self) -> dict[str, Any]:
+        return {"cores": list(self.cores), "mem": self.mem, "token": self.token, "at": time.time()}
+
+
+class WorkerStore:
+    max_claim_attempts = 8
+
+    def __init__(self, db: Database, events: EventLog) -> None:
+        self.col = db["workers"]
+        self.events = events
+
+    def ensure_indexes(self) -> None:
+        self.col.create_index([("state", ASCENDING)])
+
+    # ---- registration and liveness ------------------------------------------------------------
+    def register(self, name: str, cores: list[int], mem_total: int, info: dict[str, Any]) -> dict[str, Any]:
+        """Create or refresh a worker's record without disturbing its existing allocations.
+
+        Free resources are recomputed as capacity minus allocations, under the generation guard.
+        """
+        now = time.time()
+        self.col.update_one(
+            {"_id": name},
+            {"$setOnInsert": {"allocations": {}, "generation": 0, "registered_at": now,
+                              "free_cores": list(cores), "mem_free": mem_total, "cores": list(cores),
+                              "mem_total": mem_total}},
+            upsert=True,
+        )
+        for _ in range(self.max_claim_attempts):
+            doc = self.col.find_one({"_id": name})
+            assert doc is not None
+            used = {c for a in doc["allocations"].values() for c in a["cores"]}
+            used_mem = sum(a["mem"] for a in doc["allocations"].values())
+            update = {
+                "cores": list(cores),
+                "mem_total": mem_total,
+                "free_cores": [c for c in cores if c not in used],
+                "mem_free": mem_total - used_mem,
+                "state": READY if doc.get("state") != DRAINING else DRAINING,
+                "heartbeat_at": now,
+                "info": info,
+            }
+            res = self.col.find_one_and_update(
+                {"_id": name, "generation": doc["generation"]},
+                {"$set": update, "$inc": {"generation": 1}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if res is not None:
+                if doc.get("state") != READY:
+                    self.events.record("node_up", node=name, cores=len(cores), mem=mem_total)
+                return res
+        raise RuntimeError(f"worker {name}: registration kept racing with claims")
+
+    def heartbeat(self, name: str, at: float | None = None) -> bool:
+        res = self.col.update_one({"_id": name}, {"$set": {"heartbeat_at": at or time.time()}})
+        return res.matched_count == 1
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        return self.col.find_one({"_id": name})
+
+    def all(self) -> list[dict[str, Any]]:
+        return list(self.col.find().sort("_id", ASCENDING))
+
+    def ready(self) -> list[dict[str, Any]]:
+        return list(self.col.find({"state": READY}).sort("_id", ASCENDING))
+
+    # ---- claims ------------------------------------------------------------------------------
+    def claim(
+        self, name: str, allocs: list[Alloc], snapshot: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """Atomically take exactly these cores and this memory for these tasks, or nothing.
+
+        Returns the worker's new document, or None when it no longer has them (the caller re-plans).
+        """
+        want_cores = {c for a in allocs for c in a.cores}
+        want_mem = sum(a.mem for a in allocs)
+        doc = snapshot
+        for _ in range(self.max_claim_attempts):
+            if doc is None:
+                doc = self.col.find_one({"_id": name})
+            if doc is None or doc.get("state") != READY:
+                return None
+            free = set(doc["free_cores"])
+            if not want_cores <= free or want_mem > doc["mem_free"]:
+                return None
+            if any(a.key in doc["allocations"] for a in allocs):
+                return None
+            update: dict[str, Any] = {
+                "free_cores": sorted(free - want_cores),
+                "mem_free": doc["mem_free"] - want_mem,
+            }
+            for a in allocs:
+                update[f"allocations.{a.key}"] = a.doc()
+            res = self.col.find_one_and_update(
+                {"_id": name, "generation": doc["generation"]},
+                {"$set": update, "$inc": {"generation": 1}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if res is not None:
+                for a in allocs:
+                    self.events.record("claim", a.job_id, task=a.task, node=name, cores=list(a.cores), mem=a.mem)
+                return res
+            doc = None  # lost a race: re-read and check again
+        return None
+
+    def release(self, name: str, key: str, token: str) -> bool:
+        """Give back one allocation, exactly once (guarded by its token). True if this call released it."""
+        doc = self.col.find_one({"_id": name, f"allocations.{key}.token": token}, {f"allocations.{key}": 1})
+        if doc is None:
+            return False
+        alloc = doc["allocations"][key]
+        res = self.col.update_one(
+            {"_id": name, f"allocations.{key}.token": token},
+            {
+                "$unset": {f"allocations.{key}": ""},
+                "$push": {"free_cores": {"$each": alloc["cores"], "$sort": 1}},
+                "$inc": {"mem_free": alloc["mem"], "generation": 1},
+            },
+        )
+        if res.modified_count == 1:
+            job_id, _, task = key.partition(":")
+            self.events.record("release", job_id, task=task, node=name, cores=alloc["cores"], mem=alloc["mem"])
+            return True
+        return False
+
+    def set_state(self, name: str, state: str) -> bool:
+        res = self.col.update_one({"_id": name}, {"$set": {"state": state}, "$inc": {"generation": 1}})
+        return res.matched_count == 1

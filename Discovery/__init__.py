@@ -1,0 +1,1 @@
+"""Discovery: record what actually happened. Task transitions, claim releases, heartbeats."""

@@ -1,0 +1,38 @@
+"""Per-process resources of the FrontEnd: the config, the MongoDB store and the hint sender."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from flask import current_app
+
+from Common.config import Config
+from Common.messaging import Sender
+from Common.store import Store
+
+
+@dataclass
+class Context:
+    cfg: Config
+    store: Store
+    _sender: Sender | None = field(default=None, repr=False)
+    _pid: int = 0
+
+    @property
+    def hints(self) -> Sender:
+        # Created lazily and per process: a ZeroMQ socket must not cross a fork.
+        if self._sender is None or self._pid != os.getpid():
+            self._sender = Sender(self.cfg.jobmanager_hint_endpoint, "frontend", self.cfg.token().encode())
+            self._pid = os.getpid()
+        return self._sender
+
+    def hint_jm(self, reason: str, job_id: str | None = None) -> None:
+        body = {"reason": reason}
+        if job_id:
+            body["job_id"] = job_id
+        self.hints.send("hint", body)
+
+
+def ctx() -> Context:
+    return current_app.extensions["rswarm"]

@@ -1,0 +1,143 @@
+"""/api/v1/jobs: submit, list, inspect and cancel jobs."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import request
+from flask_restx import Namespace, Resource
+
+from Common.api import ERROR_SCHEMA, int_arg, json_body, require_token
+from Common.errors import Invalid, NotFound, Unschedulable
+from Common.jobspec import JobSpec, Limits, validate_job
+from Common.resources import format_cpuset
+from Common.states import JOB_TERMINAL, JobState
+from FrontEnd.context import ctx
+from FrontEnd.schemas import JOB_CREATED_SCHEMA, JOB_PAGE_SCHEMA, JOB_SCHEMA, JOB_VIEW_SCHEMA
+from FrontEnd.views import job_url, job_view
+from JobManager.placement import never_fits
+from JobManager.placement.snapshot import job_request, node_from_worker
+
+ns = Namespace("jobs", description="Submit, list, inspect and cancel jobs")
+job_body = ns.schema_model("JobDefinition", JOB_SCHEMA)
+job_created = ns.schema_model("JobCreated", JOB_CREATED_SCHEMA)
+job_model = ns.schema_model("Job", JOB_VIEW_SCHEMA)
+job_page = ns.schema_model("JobPage", JOB_PAGE_SCHEMA)
+error = ns.schema_model("Error", ERROR_SCHEMA)
+
+JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def _limits() -> Limits:
+    cfg = ctx().cfg
+    return Limits(max_tasks=cfg.frontend.max_tasks_per_job, default_mem_limit=cfg.frontend.default_mem_limit,
+                  volume_root=cfg.volume_root)
+
+
+def check_against_cluster(spec: JobSpec) -> None:
+    """Refuse what the registered cluster can never run: 400 for impossible cores, 422 otherwise."""
+    c = ctx()
+    workers = {w["_id"]: w for w in c.store.workers.all()}
+    for t in spec.tasks:
+        if t.node is None:
+            continue
+        where = f"job_info.tasks.{t.name}"
+        if t.node not in workers:
+            raise Unschedulable(f"{where}.node: {t.node!r} is not a registered worker", field=f"{where}.node")
+        if t.cpuset is not None:
+            missing = sorted(set(t.cpuset) - set(workers[t.node]["cores"]))
+            if missing:
+                raise Invalid(f"{where}.cpuset_cpus: cores {format_cpuset(missing)} do not exist on {t.node} "
+                              f"(it has {format_cpuset(workers[t.node]['cores'])})", field=f"{where}.cpuset_cpus")
+    capacity = [node_from_worker(w, empty=True) for w in workers.values() if w.get("state") == "READY"]
+    tasks = {t.name: {"req_cores": t.req_cores, "mem_bytes": t.mem_bytes, "node_request": t.node,
+                      "cpuset_request": t.cpuset} for t in spec.tasks}
+    strategy = c.store.settings.get("strategy", c.cfg.jobmanager.strategy)
+    reason = never_fits(job_request("new", spec.priority, tasks), capacity, strategy)
+    if reason is not None:
+        raise Unschedulable(f"this job can never run on the current cluster: {reason}", field="job_info.tasks")
+
+
+def _job_or_404(job_id: str) -> dict[str, Any]:
+    if not JOB_ID.match(job_id):
+        raise NotFound(f"no job {job_id!r}", field="job_id")
+    doc = ctx().store.jobs.get(job_id)
+    if doc is None:
+        raise NotFound(f"no job {job_id!r}", field="job_id")
+    return doc
+
+
+@ns.route("")
+class Jobs(Resource):
+    @ns.doc(security="bearer", params={"state": {"description": "only jobs in this state",
+                                                 "enum": [s.value for s in JobState], "in": "query"},
+                                       "limit": {"description": "page size (1-500, default 50)",
+                                                 "type": "integer", "in": "query"},
+                                       "after": {"description": "the `next` value of the previous page",
+                                                 "in": "query"}})
+    @ns.response(200, "A page of jobs, newest first", job_page)
+    @ns.response(400, "Invalid query parameter", error)
+    @ns.response(503, "MongoDB unavailable", error)
+    def get(self):
+        """List jobs, newest first, optionally by state. 200; 400 on a bad parameter."""
+        state = request.args.get("state") or None
+        if state is not None and state not in JobState.__members__:
+            raise Invalid(f"state must be one of {[s.value for s in JobState]}", field="state")
+        limit = int_arg("limit", 50, 1, 500)
+        after = request.args.get("after") or None
+        if after is not None and not JOB_ID.match(after):
+            raise Invalid("after must be a job id", field="after")
+        docs = ctx().store.jobs.page(state, limit, after)
+        nxt = docs[-1]["_id"] if len(docs) == limit else None
+        return {"items": [job_view(d) for d in docs], "next": nxt}
+
+    @ns.doc(security="bearer", body=job_body)
+    @ns.response(201, "Accepted and stored; placement follows", job_created)
+    @ns.response(400, "Invalid job definition (the field is named)", error)
+    @ns.response(401, "Missing or wrong bearer token", error)
+    @ns.response(413, "Body too large", error)
+    @ns.response(422, "The cluster can never run this job", error)
+    @ns.response(503, "MongoDB unavailable", error)
+    @require_token
+    def post(self):
+        """Submit a job. 201 once it is stored; 400 invalid; 401; 413; 422 can never fit; 503."""
+        spec = validate_job(json_body(), _limits())
+        check_against_cluster(spec)
+        c = ctx()
+        doc = c.store.jobs.insert(spec)
+        c.hint_jm("job_submitted", doc["_id"])
+        url = job_url(doc["_id"])
+        return {"id": doc["_id"], "url": url, "state": doc["state"]}, 201, {"Location": url}
+
+
+@ns.route("/<string:job_id>")
+@ns.param("job_id", "the job's id")
+class Job(Resource):
+    @ns.response(200, "The job, with each task's state, node, cpuset, container and timestamps", job_model)
+    @ns.response(404, "No such job", error)
+    @ns.response(503, "MongoDB unavailable", error)
+    def get(self, job_id: str):
+        """One job. 200; 404."""
+        return job_view(_job_or_404(job_id))
+
+    @ns.doc(security="bearer")
+    @ns.response(200, "Already finished; nothing to do", job_model)
+    @ns.response(202, "Cancellation under way: containers are stopped and resources released", job_model)
+    @ns.response(401, "Missing or wrong bearer token", error)
+    @ns.response(404, "No such job", error)
+    @ns.response(503, "MongoDB unavailable", error)
+    @require_token
+    def delete(self, job_id: str):
+        """Cancel a job: stop and remove its containers, release its resources. 202; 200 if finished; 404."""
+        doc = _job_or_404(job_id)
+        if doc["state"] in JOB_TERMINAL:
+            return job_view(doc), 200
+        c = ctx()
+        reason = "cancelled by request"
+        doc = c.store.jobs.request_cancel(job_id, reason)
+        if doc is None:  # finished meanwhile
+            return job_view(_job_or_404(job_id)), 200
+        c.store.jobs.cancel_unplaced(job_id, reason)
+        c.hint_jm("job_cancelled", job_id)
+        return job_view(_job_or_404(job_id)), 202

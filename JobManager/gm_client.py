@@ -1,0 +1,38 @@
+"""The JobManager's REST client for the GlobalManager (authenticated, short timeouts, no retries here:
+the JobManager's sweep re-sends whatever did not get through)."""
+
+from __future__ import annotations
+
+import logging
+
+import requests
+
+log = logging.getLogger(__name__)
+
+
+class GMClient:
+    def __init__(self, base_url: str, token: str, timeout: float = 5.0) -> None:
+        self.base = base_url.rstrip("/") + "/api/v1"
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {token}"
+        self.timeout = timeout
+
+    def _post(self, path: str) -> bool:
+        try:
+            resp = self.session.post(self.base + path, timeout=self.timeout)
+        except requests.RequestException as exc:
+            log.warning("GlobalManager unreachable for %s: %s", path, exc)
+            return False
+        if resp.status_code >= 300:
+            log.warning("GlobalManager answered %s for %s: %s", resp.status_code, path, resp.text[:300])
+            return False
+        return True
+
+    def deploy(self, job_id: str) -> bool:
+        return self._post(f"/jobs/{job_id}/deploy")
+
+    def stop(self, job_id: str) -> bool:
+        return self._post(f"/jobs/{job_id}/stop")
+
+    def cleanup(self, job_id: str) -> bool:
+        return self._post(f"/jobs/{job_id}/cleanup")

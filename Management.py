@@ -1,0 +1,383 @@
+#!/usr/bin/env python3
+"""Management.py: start, stop and inspect a RESTfulSwarm deployment.
+
+    python Management.py up            # dockerd + Swarm if needed, embedded MongoDB, GM, Discovery, JM, FE, Worker
+    python Management.py status [--json]
+    python Management.py demo          # up, submit a sample workload, follow it to the end
+    python Management.py down [--keep-workloads]
+
+Every process it starts is recorded in <run_dir>/pids (pid + kernel start time, so a recycled pid is
+never mistaken for ours) and logs to <run_dir>/logs. ``up`` is idempotent: it starts only what is not
+running. ``down`` stops exactly what ``up`` started, nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from Common.config import REPO_ROOT, Config, ConfigError
+from Common.config import load as load_config
+
+ACTORS = ("globalmanager", "discovery", "jobmanager", "frontend", "worker")
+MODULES = {"globalmanager": "GlobalManager", "discovery": "Discovery", "jobmanager": "JobManager",
+           "frontend": "FrontEnd", "worker": "Worker"}
+DOCKER_SOCK = "/var/run/docker.sock"
+
+
+class ManagementError(Exception):
+    pass
+
+
+# ---- process records -------------------------------------------------------------------------
+def _start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+class Processes:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.pid_dir = cfg.run_path / "pids"
+        self.log_dir = cfg.run_path / "logs"
+
+    def record(self, name: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.pid_dir / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def alive(self, name: str) -> int | None:
+        rec = self.record(name)
+        if rec is None:
+            return None
+        pid = rec["pid"]
+        if _start_time(pid) != rec["start_time"]:
+            return None
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return None
+        except OSError:
+            return None
+        return pid
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> int:
+        self.pid_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        start = None
+        for _ in range(100):
+            start = _start_time(proc.pid)
+            if start is not None:
+                break
+            time.sleep(0.01)
+        rec = {"pid": proc.pid, "start_time": start, "argv": argv, "started_at": time.time()}
+        (self.pid_dir / f"{name}.json").write_text(json.dumps(rec))
+        return proc.pid
+
+    def stop(self, name: str, timeout: float = 10.0) -> bool:
+        pid = self.alive(name)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.alive(name):
+                time.sleep(0.1)
+            if self.alive(name):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                while self.alive(name):
+                    time.sleep(0.05)
+        (self.pid_dir / f"{name}.json").unlink(missing_ok=True)
+        return pid is not None
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+def _wait(what: str, check, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: S110 - anything short of success means "not yet"
+            pass
+        time.sleep(0.2)
+    raise ManagementError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _docker_answers() -> bool:
+    return subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True,
+                          timeout=10).returncode == 0
+
+
+def _http_ok(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def ensure_token(cfg: Config) -> None:
+    if cfg.api_token or cfg.token_file.exists():
+        return
+    cfg.run_path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(cfg.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+
+
+def ensure_cluster_id(cfg: Config) -> None:
+    if cfg.cluster_id or cfg.cluster_file.exists():
+        return
+    cfg.cluster_file.write_text(f"rsw{secrets.token_hex(4)}\n")
+
+
+def child_env(cfg: Config) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(cfg.to_env())
+    env["RSWARM_CLUSTER_ID"] = cfg.cluster()
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    if cfg.api_token:
+        env["RSWARM_API_TOKEN"] = cfg.api_token
+    return env
+
+
+# ---- commands ------------------------------------------------------------------------------------
+def up(cfg: Config, with_worker: bool = True, quiet: bool = False) -> None:
+    say = (lambda *_: None) if quiet else (lambda m: print(m, flush=True))
+    procs = Processes(cfg)
+    cfg.run_path.mkdir(parents=True, exist_ok=True)
+    cfg.volume_root.mkdir(parents=True, exist_ok=True)
+    ensure_token(cfg)
+    ensure_cluster_id(cfg)
+    env = child_env(cfg)
+
+    if not _docker_answers():
+        if not shutil.which("dockerd"):
+            raise ManagementError("no Docker engine answers and dockerd is not installed: run ./dependences.sh")
+        say("starting dockerd")
+        procs.start("dockerd", ["dockerd", "--host", f"unix://{DOCKER_SOCK}"], env)
+        _wait("dockerd", _docker_answers, 60)
+
+    if not cfg.mongo.uri and not procs.alive("mongo"):
+        daemon = Path(sys.executable).parent / "secantusd-py"
+        if not daemon.exists():
+            raise ManagementError(f"{daemon} not found: run ./dependences.sh")
+        say(f"starting the embedded MongoDB (SecantusDB) on {cfg.mongo.embedded_host}:{cfg.mongo.embedded_port}")
+        procs.start("mongo", [str(daemon), "--host", cfg.mongo.embedded_host, "--port", str(cfg.mongo.embedded_port),
+                              "--storage-path", str(cfg.run_path / "mongo"), "--log-level", "WARNING"], env)
+    from Common.store import Store
+
+    store = Store.connect(cfg, "management")
+    _wait(f"MongoDB at {cfg.mongo_uri}", store.ping, 60)
+    store.ensure_indexes()
+
+    started = time.time()
+    actors = [a for a in ACTORS if with_worker or a != "worker"]
+    for actor in actors:
+        if procs.alive(actor):
+            continue
+        say(f"starting {MODULES[actor]}")
+        procs.start(actor, [sys.executable, "-m", MODULES[actor]], env)
+        if actor == "globalmanager":
+            _wait("the GlobalManager", lambda: _http_ok(f"{cfg.globalmanager_url}/api/v1/swarm"), 60)
+    _wait("the FrontEnd", lambda: _http_ok(f"{cfg.frontend_url}/api/v1/health"), 60)
+    if with_worker:
+        name = cfg.worker_name
+
+        def registered() -> bool:
+            w = store.workers.get(name)
+            return bool(w) and w.get("heartbeat_at", 0) >= started - 1 and w.get("state") == "READY"
+
+        _wait(f"worker {name} to register", registered, 60)
+    for actor in actors:
+        if not procs.alive(actor):
+            raise ManagementError(f"{actor} exited; see {procs.log_dir / (actor + '.log')}")
+    store.close()
+    say(f"up: FrontEnd {cfg.frontend_url}/api/v1/docs  GlobalManager {cfg.globalmanager_url}/api/v1/docs")
+
+
+def remove_workloads(cfg: Config) -> None:
+    """Remove this deployment's containers and job networks (found by label) from the local engine."""
+    if not _docker_answers():
+        return
+    label = f"label=rswarm.cluster={cfg.cluster()}"
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", label], capture_output=True, text=True).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+    nets = subprocess.run(["docker", "network", "ls", "-q", "--filter", label], capture_output=True,
+                          text=True).stdout.split()
+    if nets:
+        subprocess.run(["docker", "network", "rm", *nets], capture_output=True)
+
+
+def down(cfg: Config, keep_workloads: bool = False, quiet: bool = False) -> None:
+    say = (lambda *_: None) if quiet else (lambda m: print(m, flush=True))
+    procs = Processes(cfg)
+    for actor in ("frontend", "jobmanager", "worker", "discovery", "globalmanager"):
+        if procs.stop(actor):
+            say(f"stopped {MODULES[actor]}")
+    if not keep_workloads:
+        remove_workloads(cfg)
+    if procs.stop("mongo"):
+        say("stopped the embedded MongoDB")
+    if procs.stop("dockerd", timeout=30):
+        say("stopped dockerd")
+
+
+def status(cfg: Config) -> dict[str, Any]:
+    procs = Processes(cfg)
+    out: dict[str, Any] = {"run_dir": str(cfg.run_path), "token_file": str(cfg.token_file),
+                           "frontend_url": cfg.frontend_url, "globalmanager_url": cfg.globalmanager_url,
+                           "swagger_ui": f"{cfg.frontend_url}/api/v1/docs", "mongo_uri": cfg.mongo_uri,
+                           "processes": {}}
+    ports = {"frontend": cfg.frontend.port, "globalmanager": cfg.globalmanager.port,
+             "jobmanager": cfg.jobmanager.hint_port, "discovery": cfg.discovery.port,
+             "mongo": cfg.mongo.embedded_port if not cfg.mongo.uri else None, "worker": None, "dockerd": None}
+    for name in ("dockerd", "mongo", *ACTORS):
+        pid = procs.alive(name)
+        if name == "dockerd" and pid is None and procs.record(name) is None:
+            continue
+        if name == "mongo" and cfg.mongo.uri:
+            continue
+        out["processes"][name] = {"alive": pid is not None, "pid": pid, "port": ports.get(name),
+                                  "log": str(procs.log_dir / f"{name}.log")}
+    try:
+        from Common.store import Store
+
+        store = Store.connect(cfg, "management")
+        store.db.client.admin.command("ping")
+        out["cluster"] = {
+            "workers": [{"id": w["_id"], "state": w.get("state"), "cores": len(w["cores"]),
+                         "free_cores": len(w["free_cores"]), "mem_free": w["mem_free"]}
+                        for w in store.workers.all()],
+            "jobs": store.jobs.count_by_state(),
+        }
+        store.close()
+    except Exception as exc:
+        out["cluster"] = {"error": f"MongoDB unavailable: {exc}"}
+    return out
+
+
+def print_status(st: dict[str, Any]) -> None:
+    print(f"run dir      {st['run_dir']}")
+    print(f"token file   {st['token_file']}")
+    print(f"Swagger UI   {st['swagger_ui']}")
+    print(f"GlobalManager {st['globalmanager_url']}/api/v1/docs")
+    print(f"MongoDB      {st['mongo_uri']}")
+    print(f"{'process':<14}{'alive':<7}{'pid':<9}{'port':<7}")
+    for name, p in st["processes"].items():
+        print(f"{name:<14}{'yes' if p['alive'] else 'NO':<7}{p['pid'] or '-'!s:<9}{p['port'] or '-'!s:<7}")
+    cl = st.get("cluster", {})
+    if "error" in cl:
+        print(cl["error"])
+        return
+    for w in cl.get("workers", []):
+        print(f"worker {w['id']}: {w['state']}, {w['free_cores']}/{w['cores']} cores free, "
+              f"{w['mem_free'] // 2**20} MiB free")
+    print("jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(cl.get("jobs", {}).items())) or "none"))
+
+
+def demo(cfg: Config) -> None:
+    import requests
+
+    up(cfg)
+    token = cfg.token()
+    headers = {"Authorization": f"Bearer {token}"}
+    base = f"{cfg.frontend_url}/api/v1"
+    jobs = []
+    for i in range(3):
+        body = {
+            "job_name": f"demo-{i}",
+            "job_info": {
+                "network": {"name": f"demo-net-{i}"},
+                "tasks": {f"t{k}": {"image": "rswarm/task:1", "command": ["sh", "-c", f"echo task {k}; sleep 3"],
+                                    "req_cores": 1, "mem_limit": "64m"} for k in range(2)},
+            },
+        }
+        r = requests.post(f"{base}/jobs", json=body, headers=headers, timeout=10)
+        if r.status_code != 201:
+            raise ManagementError(f"submitting the demo job failed: {r.status_code} {r.text}")
+        jobs.append(r.json()["id"])
+        print(f"submitted {r.json()['id']} ({body['job_name']}): 2 tasks x 1 core, 64m")
+    print(f"\nSwagger UI: {base}/docs   (token in {cfg.token_file})")
+    last: dict[str, str] = {}
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        done = True
+        for job_id in jobs:
+            j = requests.get(f"{base}/jobs/{job_id}", timeout=10).json()
+            line = f"{j['state']:<10} " + "  ".join(
+                f"{n}:{t['state']}@{t['node'] or '-'}[{t['cpuset'] or '-'}]" for n, t in j["tasks"].items())
+            if last.get(job_id) != line:
+                print(f"{time.strftime('%H:%M:%S')} {job_id} {line}")
+                last[job_id] = line
+            done = done and j["state"] in ("COMPLETED", "FAILED", "CANCELLED")
+        if done:
+            break
+        time.sleep(0.5)
+    print(f"\nworkers: {requests.get(f'{base}/workers', timeout=10).json()['items']}")
+    print(f"The system is still up: `{sys.executable} Management.py status`; stop it with `Management.py down`.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="Management.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="config file (default: rswarm.toml at the repository root)")
+    parser.add_argument("--run-dir", help="where pids, logs, the token and embedded data live")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="start everything that is not running")
+    p_up.add_argument("--no-worker", action="store_true", help="do not start a local Worker")
+    p_down = sub.add_parser("down", help="stop everything this run directory started")
+    p_down.add_argument("--keep-workloads", action="store_true", help="leave job containers and networks")
+    p_status = sub.add_parser("status", help="what runs, where, and a cluster summary")
+    p_status.add_argument("--json", action="store_true")
+    sub.add_parser("demo", help="up, then run a sample workload end to end")
+    args = parser.parse_args(argv)
+
+    if args.run_dir is not None:
+        os.environ["RSWARM_RUN_DIR"] = args.run_dir
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"Management.py: config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "up":
+            up(cfg, with_worker=not args.no_worker)
+        elif args.command == "down":
+            down(cfg, keep_workloads=args.keep_workloads)
+        elif args.command == "status":
+            st = status(cfg)
+            if args.json:
+                print(json.dumps(st, indent=2))
+            else:
+                print_status(st)
+        elif args.command == "demo":
+            demo(cfg)
+    except ManagementError as exc:
+        print(f"Management.py: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The Worker's thin layer over its node's Docker engine (docker-py's low-level API).
+
+Containers are named ``rsw-<job>-<task>-<attempt>`` and labelled with the cluster, job, task and
+attempt, which is how a restarted Worker finds and reconciles them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+from docker.errors import APIError, ImageNotFound, NotFound
+
+from Common.store.jobs import container_name
+
+log = logging.getLogger(__name__)
+
+LABEL_CLUSTER = "rswarm.cluster"
+LABEL_JOB = "rswarm.job"
+LABEL_TASK = "rswarm.task"
+LABEL_ATTEMPT = "rswarm.attempt"
+LOG_TAIL_BYTES = 2048
+
+
+class StartFailed(Exception):
+    """The task cannot start on this node for a reason that retrying will not fix."""
+
+
+@dataclass
+class Observed:
+    """A managed container as the engine reports it."""
+
+    id: str
+    job_id: str
+    task: str
+    attempt: int
+    status: str  # created | running | paused | restarting | removing | exited | dead
+    exit_code: int | None = None
+    oom_killed: bool = False
+    error: str = ""
+
+
+class Engine:
+    def __init__(self, docker_url: str, cluster: str) -> None:
+        self.client = docker.DockerClient(base_url=docker_url, timeout=30)
+        self.api = self.client.api
+        self.cluster = cluster
+
+    def capacity(self) -> tuple[int, int, str]:
+        info = self.client.info()
+        return int(info["NCPU"]), int(info["MemTotal"]), info.get("Name", "")
+
+    def managed(self) -> dict[tuple[str, str, int], Observed]:
+        """Every container of this cluster on this engine, keyed by (job, task, attempt)."""
+        out: dict[tuple[str, str, int], Observed] = {}
+        for c in self.api.containers(all=True, filters={"label": f"{LABEL_CLUSTER}={self.cluster}"}):
+            labels = c.get("Labels") or {}
+            try:
+                key = (labels[LABEL_JOB], labels[LABEL_TASK], int(labels[LABEL_ATTEMPT]))
+            except (KeyError, ValueError):
+                continue
+            out[key] = Observed(id=c["Id"], job_id=key[0], task=key[1], attempt=key[2], status=c["State"])
+        return out
+
+    def refresh_status(self, obs: Observed) -> None:
+        try:
+            obs.status = self.api.inspect_container(obs.id)["State"]["Status"]
+        except NotFound:
+            obs.status = "dead"
+
+    def inspect_exit(self, obs: Observed) -> Observed:
+        """Fill in the exit code, OOM flag and error of an exited container."""
+        try:
+            state = self.api.inspect_container(obs.id)["State"]
+        except NotFound:
+            return obs
+        obs.exit_code = state.get("ExitCode")
+        obs.oom_killed = bool(state.get("OOMKilled"))
+        obs.error = state.get("Error") or ""
+        return obs
+
+    def log_tail(self, container_id: str) -> str:
+        try:
+            raw = self.api.logs(container_id, stdout=True, stderr=True, tail=50)
+        except APIError:
+            return ""
+        return raw[-LOG_TAIL_BYTES:].decode("utf-8", "replace")
+
+    def create(self, job_id: str, task: str, t: dict[str, Any], network: str) -> str:
+        """Create (not start) the task's container, pinned and limited. Returns its id."""
+        name = container_name(job_id, task, t["attempt"])
+        ports = list(t.get("ports") or {})
+        host_config = self.api.create_host_config(
+            cpuset_cpus=t["cpuset"],
+            mem_limit=t["mem_bytes"],
+            memswap_limit=t["mem_bytes"],
+            network_mode=network,
+            port_bindings={p: h for p, h in (t.get("ports") or {}).items()} or None,
+            binds={v["host"]: {"bind": v["bind"], "mode": v["mode"]} for v in t.get("volumes") or []} or None,
+            init=False,
+        )
+        aliases = [task] + ([t["container_name"]] if t.get("container_name") else [])
+        networking = self.api.create_networking_config({network: self.api.create_endpoint_config(aliases=aliases)})
+        labels = {LABEL_CLUSTER: self.cluster, LABEL_JOB: job_id, LABEL_TASK: task, LABEL_ATTEMPT: str(t["attempt"])}
+        for v in t.get("volumes") or []:
+            os.makedirs(v["host"], exist_ok=True)
+        try:
+            created = self.api.create_container(
+                t["image"], command=t.get("command"), name=name, labels=labels, host_config=host_config,
+                networking_config=networking, environment=t.get("environment") or None, ports=ports or None,
+                detach=True,
+            )
+        except ImageNotFound:
+            raise StartFailed(f"image {t['image']!r} is not on this node (images are built locally; "
+                              "there is no registry to pull from)") from None
+        except APIError as exc:
+            if exc.status_code == 409:  # already created by an earlier pass: find it
+                return self.api.inspect_container(name)["Id"]
+            if exc.status_code in (400, 404):
+                raise StartFailed(f"cannot create the container: {exc.explanation or exc}") from None
+            raise
+        return created["Id"]
+
+    def start(self, container_id: str) -> None:
+        try:
+            self.api.start(container_id)
+        except APIError as exc:
+            if exc.status_code in (400, 404, 500):
+                raise StartFailed(f"cannot start the container: {exc.explanation or exc}") from None
+            raise
+
+    def stop_and_remove(self, container_id: str, timeout: int) -> None:
+        try:
+            self.api.stop(container_id, timeout=timeout)
+        except NotFound:
+            return
+        except APIError as exc:
+            log.info("stop %s: %s", container_id[:12], exc)
+        self.remove(container_id)
+
+    def remove(self, container_id: str) -> None:
+        try:
+            self.api.remove_container(container_id, force=True)
+        except NotFound:
+            pass
+        except APIError as exc:
+            if exc.status_code != 409:  # 409: removal already in progress
+                raise
+
+    def network_exists(self, name: str) -> bool:
+        try:
+            self.api.inspect_network(name)
+            return True
+        except NotFound:
+            return False
+
+    def events(self):
+        """Container events of this cluster, forever (until the engine goes away)."""
+        return self.client.events(decode=True, filters={"type": "container",
+                                                        "label": f"{LABEL_CLUSTER}={self.cluster}"})

@@ -1,0 +1,209 @@
+"""The Worker loop: make this node's containers match what MongoDB says should run here.
+
+Level-triggered: every pass compares the tasks placed on this node (MongoDB) with the containers
+this cluster has on the engine (found by label) and closes the gap - creates and starts what is
+missing, stops what was cancelled, reports exits, removes what is finished. Hints from the GM, Docker
+events and a slow sweep only decide *when* a pass runs; a lost hint delays, never loses, a task.
+Reports go to Discovery, which applies them monotonically, so re-sending is always safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import docker
+import requests
+
+from Common.config import Config
+from Common.messaging import Receiver, Sender
+from Common.resources import parse_cpuset, parse_memory
+from Common.states import TASK_RANK, TASK_TERMINAL, TaskState
+from Common.store import Store
+from Worker.engine import Engine, Observed, StartFailed
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, cfg: Config, store: Store, engine: Engine, reports: Sender) -> None:
+        self.cfg = cfg
+        self.name = cfg.worker_name
+        self.store = store
+        self.engine = engine
+        self.reports = reports
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        # Ids of containers Docker said died. Its container list can still say "running" for a moment
+        # after the event, so these are inspected (which reads the container's own state) instead.
+        self._died: set[str] = set()
+        self._died_lock = threading.Lock()
+
+    # ---- start-up -----------------------------------------------------------------------------
+    def register(self) -> dict[str, Any]:
+        ncpu, mem_total, engine_name = self.engine.capacity()
+        cores = parse_cpuset(self.cfg.worker.cores) if self.cfg.worker.cores else list(range(ncpu))
+        mem = parse_memory(self.cfg.worker.memory) if self.cfg.worker.memory else mem_total
+        doc = self.store.workers.register(self.name, cores, mem, {"engine": engine_name, "ncpu": ncpu,
+                                                                  "engine_memory": mem_total})
+        log.info("registered %s: cores %s, memory %d bytes", self.name, cores, mem)
+        return doc
+
+    # ---- threads that only wake the loop ------------------------------------------------------
+    def _listen_hints(self, receiver: Receiver) -> None:
+        while not self.stopping.is_set():
+            if receiver.recv(1.0) is not None:
+                self.wake.set()
+
+    def _watch_events(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                for ev in self.engine.events():
+                    action = ev.get("Action")
+                    if action == "die":
+                        with self._died_lock:
+                            self._died.add(ev.get("id", ""))
+                    if action in ("die", "start", "oom", "destroy"):
+                        self.wake.set()
+                    if self.stopping.is_set():
+                        return
+            except (docker.errors.DockerException, requests.RequestException) as exc:
+                log.warning("Docker events stream broke (%s); reconnecting", exc)
+            self.stopping.wait(1.0)
+
+    def _heartbeat(self) -> None:
+        while not self.stopping.is_set():
+            self.reports.send("heartbeat", {"node": self.name, "at": time.time()})
+            self.stopping.wait(self.cfg.worker.heartbeat_seconds)
+
+    def run(self, receiver: Receiver | None) -> None:
+        self.register()
+        threads = [threading.Thread(target=self._watch_events, name="docker-events", daemon=True),
+                   threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)]
+        if receiver is not None:
+            threads.append(threading.Thread(target=self._listen_hints, args=(receiver,), name="hints", daemon=True))
+        for t in threads:
+            t.start()
+        while not self.stopping.is_set():
+            self.wake.clear()
+            try:
+                self.reconcile()
+            except (docker.errors.DockerException, requests.RequestException) as exc:
+                log.warning("engine unavailable during reconcile: %s", exc)
+            except Exception:
+                log.exception("reconcile failed; retrying at the next pass")
+            self.wake.wait(self.cfg.worker.sweep_seconds)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    # ---- reporting ----------------------------------------------------------------------------
+    def report(self, job_id: str, task: str, attempt: int, state: TaskState, **extra: Any) -> None:
+        body = {"job_id": job_id, "task": task, "attempt": attempt, "state": state.value, "node": self.name,
+                "at": time.time(), **{k: v for k, v in extra.items() if v is not None}}
+        self.reports.send("task_status", body)
+
+    def report_exit(self, obs: Observed) -> None:
+        obs = self.engine.inspect_exit(obs)
+        tail = self.engine.log_tail(obs.id)
+        if obs.exit_code == 0 and not obs.oom_killed:
+            self.report(obs.job_id, obs.task, obs.attempt, TaskState.COMPLETED, exit_code=0,
+                        container_id=obs.id, log_tail=tail)
+            return
+        if obs.oom_killed:
+            reason = "killed by the kernel: out of memory (raise mem_limit)"
+        elif obs.error:
+            reason = obs.error
+        else:
+            reason = f"exited with code {obs.exit_code}"
+        self.report(obs.job_id, obs.task, obs.attempt, TaskState.FAILED, exit_code=obs.exit_code,
+                    reason=reason, container_id=obs.id, log_tail=tail)
+
+    # ---- the reconcile pass -------------------------------------------------------------------
+    def reconcile(self) -> None:
+        jobs = self.store.jobs.active_on(self.name)
+        observed = self.engine.managed()
+        with self._died_lock:
+            died, self._died = self._died, set()
+        for obs in observed.values():
+            if obs.id in died and obs.status not in ("exited", "dead"):
+                self.engine.refresh_status(obs)
+        desired: dict[tuple[str, str, int], tuple[dict[str, Any], str, dict[str, Any]]] = {}
+        for job in jobs:
+            for name, t in job["tasks"].items():
+                if t.get("node") == self.name:
+                    desired[(job["_id"], name, t["attempt"])] = (job, name, t)
+
+        for key, obs in observed.items():
+            if key not in desired:
+                self.cleanup_orphan(obs)
+            else:
+                self.converge(obs, *desired[key])
+        for key, (job, name, t) in desired.items():
+            if key not in observed:
+                self.ensure_started(job, name, t)
+
+    def cleanup_orphan(self, obs: Observed) -> None:
+        """A container whose task is finished, superseded or unknown: remove it (after its exit is known)."""
+        job = self.store.jobs.get(obs.job_id)
+        t = (job or {}).get("tasks", {}).get(obs.task)
+        if t is not None and t["attempt"] == obs.attempt and t["state"] not in TASK_TERMINAL:
+            return  # not an orphan: the job document was read before this task was placed here
+        log.info("removing container %s of %s/%s#%d", obs.id[:12], obs.job_id, obs.task, obs.attempt)
+        self.engine.stop_and_remove(obs.id, self.cfg.worker.stop_timeout_seconds)
+
+    def converge(self, obs: Observed, job: dict[str, Any], name: str, t: dict[str, Any]) -> None:
+        state = TaskState(t["state"])
+        if state in TASK_TERMINAL:
+            self.engine.stop_and_remove(obs.id, self.cfg.worker.stop_timeout_seconds)
+            return
+        if job.get("cancel_requested"):
+            self.engine.stop_and_remove(obs.id, self.cfg.worker.stop_timeout_seconds)
+            self.report(job["_id"], name, t["attempt"], TaskState.CANCELLED,
+                        reason=job.get("cancel_reason") or "cancelled", container_id=obs.id)
+            return
+        if obs.status in ("exited", "dead"):
+            self.report_exit(obs)
+        elif obs.status == "created":
+            # Created by a pass that died before starting it.
+            self.start(job["_id"], name, t, obs.id)
+        elif obs.status == "running" and TASK_RANK[state] < TASK_RANK[TaskState.RUNNING]:
+            self.report(job["_id"], name, t["attempt"], TaskState.RUNNING, container_id=obs.id)
+
+    def ensure_started(self, job: dict[str, Any], name: str, t: dict[str, Any]) -> None:
+        state = TaskState(t["state"])
+        job_id = job["_id"]
+        if state in TASK_TERMINAL:
+            return
+        if job.get("cancel_requested"):
+            self.report(job_id, name, t["attempt"], TaskState.CANCELLED,
+                        reason=job.get("cancel_reason") or "cancelled before it started")
+            return
+        if state != TaskState.SCHEDULED:
+            # It was created here once and its container is gone (removed behind our back).
+            self.report(job_id, name, t["attempt"], TaskState.FAILED,
+                        reason="its container disappeared from the node")
+            return
+        net = self.store.networks.get(job_id)
+        if net is None or net.get("state") != "created":
+            return  # the GlobalManager has not made the job's network yet; its dispatch will wake us
+        try:
+            cid = self.engine.create(job_id, name, t, job["network"]["docker_name"])
+        except StartFailed as exc:
+            self.report(job_id, name, t["attempt"], TaskState.FAILED, reason=str(exc))
+            return
+        self.report(job_id, name, t["attempt"], TaskState.STARTING, container_id=cid)
+        self.start(job_id, name, t, cid)
+
+    def start(self, job_id: str, name: str, t: dict[str, Any], cid: str) -> None:
+        try:
+            self.engine.start(cid)
+        except StartFailed as exc:
+            self.engine.remove(cid)
+            self.report(job_id, name, t["attempt"], TaskState.FAILED, reason=str(exc), container_id=cid)
+            return
+        log.info("started %s/%s#%d on cores %s", job_id, name, t["attempt"], t["cpuset"])
+        self.report(job_id, name, t["attempt"], TaskState.RUNNING, container_id=cid)

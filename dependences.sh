@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Prepare this machine to run RESTfulSwarm (idempotent; run as root on Debian 12).
+#
+#   bash dependences.sh            everything one machine needs to run the whole system
+#   bash dependences.sh test       the same, plus what the test suite needs
+#   bash dependences.sh Worker     only what a worker host needs (engine, venv, images)
+#
+# Installs Debian packages, creates .venv with the pinned Python dependencies, starts dockerd when
+# none answers, initialises a single-node Swarm when inactive, and builds the local images
+# (nothing is ever pulled from a registry).
+set -euo pipefail
+
+ROLE="${1:-all}"
+case "$ROLE" in all|test|Worker) ;; *) echo "usage: $0 [all|test|Worker]" >&2; exit 2 ;; esac
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$HERE"
+RUN_DIR="${RSWARM_RUN_DIR:-$HERE/run}"
+TASK_IMAGE="rswarm/task:1"
+EPM_BASE_IMAGE="rswarm/epm-base:1"
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf '[dependences] %s\n' "$*"; }
+die() { printf '[dependences] error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root (it installs packages and starts dockerd)"
+[ -r /etc/debian_version ] || die "this script supports Debian 12"
+
+# ---- Debian packages ----------------------------------------------------------------------------
+PACKAGES=(docker.io busybox-static debootstrap iproute2 iptables ca-certificates)
+[ "$ROLE" = "Worker" ] || PACKAGES+=(openssh-server)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then missing+=(python3-venv); fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# ---- Python virtualenv -------------------------------------------------------------------------
+LOCK="requirements.lock"
+[ "$ROLE" = "test" ] && LOCK_TEST="requirements-test.lock" || LOCK_TEST=""
+stamp_want="$(cat "$LOCK" ${LOCK_TEST:+"$LOCK_TEST"} | sha256sum | cut -c1-16)"
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.rswarm-stamp 2>/dev/null)" != "$stamp_want" ]; then
+  log "creating .venv with the pinned dependencies ($LOCK${LOCK_TEST:+ + $LOCK_TEST})"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r "$LOCK" ${LOCK_TEST:+-r "$LOCK_TEST"}
+  echo "$stamp_want" > .venv/.rswarm-stamp
+fi
+
+# ---- Docker engine and Swarm ------------------------------------------------------------------
+DOCKER=/usr/bin/docker   # Debian's client, matched to its engine (API 1.41)
+if ! "$DOCKER" version >/dev/null 2>&1; then
+  log "starting dockerd"
+  mkdir -p "$RUN_DIR/logs"
+  nohup dockerd >>"$RUN_DIR/logs/dockerd-bootstrap.log" 2>&1 &
+  for _ in $(seq 1 120); do "$DOCKER" version >/dev/null 2>&1 && break; sleep 0.5; done
+  "$DOCKER" version >/dev/null 2>&1 || die "dockerd did not come up; see $RUN_DIR/logs/dockerd-bootstrap.log"
+fi
+if [ "$ROLE" != "Worker" ] && [ "$("$DOCKER" info --format '{{.Swarm.LocalNodeState}}')" = "inactive" ]; then
+  log "initialising a single-node Swarm"
+  "$DOCKER" swarm init --advertise-addr 127.0.0.1 --default-addr-pool 10.90.0.0/16 >/dev/null
+fi
+
+# ---- local images (no registry) -----------------------------------------------------------------
+debian_mirror() {
+  local url
+  url="$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources \
+         | grep -v security | grep -oE 'https?://[^ ]+' | head -n1 || true)"
+  echo "${url:-http://deb.debian.org/debian}"
+}
+
+if ! "$DOCKER" image inspect "$TASK_IMAGE" >/dev/null 2>&1; then
+  log "building $TASK_IMAGE (static busybox)"
+  tmp="$(mktemp -d)"
+  mkdir -p "$tmp/bin" "$tmp/tmp" "$tmp/etc"
+  cp /bin/busybox "$tmp/bin/busybox"
+  for applet in $("$tmp/bin/busybox" --list); do [ -e "$tmp/bin/$applet" ] || ln -s busybox "$tmp/bin/$applet"; done
+  echo "root:x:0:0:root:/:/bin/sh" > "$tmp/etc/passwd"
+  tar -C "$tmp" -c . | "$DOCKER" import -c 'CMD ["/bin/sh"]' -c 'ENV PATH=/bin' - "$TASK_IMAGE" >/dev/null
+  rm -rf "$tmp"
+fi
+
+if ! "$DOCKER" image inspect "$EPM_BASE_IMAGE" >/dev/null 2>&1; then
+  mirror="$(debian_mirror)"
+  log "building $EPM_BASE_IMAGE (debootstrap bookworm from $mirror; about a minute)"
+  rootfs="$(mktemp -d)"
+  debootstrap --variant=minbase --include=python3,python3-pyroute2,iproute2 bookworm "$rootfs" "$mirror" >/dev/null
+  rm -rf "$rootfs"/usr/share/{doc,man,info,locale}/* "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin
+  tar -C "$rootfs" --numeric-owner -c . | "$DOCKER" import -c 'CMD ["/usr/bin/python3"]' - "$EPM_BASE_IMAGE" >/dev/null
+  rm -rf "$rootfs"
+fi
+
+log "ready (role $ROLE): $("$DOCKER" version --format 'engine {{.Server.Version}}'), swarm $("$DOCKER" info --format '{{.Swarm.LocalNodeState}}'), images $TASK_IMAGE $EPM_BASE_IMAGE"

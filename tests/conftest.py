@@ -1,0 +1,122 @@
+"""Fixtures that bring up the real system once per test session.
+
+The session's deployment is isolated from any other on the machine: its own run directory, ports,
+MongoDB database and cluster id (which labels every container and network it creates), so leftovers
+of a crashed earlier run are found by label and removed at start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import Management  # noqa: E402
+from Common.config import Config  # noqa: E402
+from Common.config import load as load_config  # noqa: E402
+from Common.store import Store  # noqa: E402
+from tests.helpers import Api  # noqa: E402
+
+TEST_CLUSTER = "rswtest"
+TEST_PORTS = {
+    "RSWARM_FRONTEND_PORT": "15001",
+    "RSWARM_GLOBALMANAGER_PORT": "15000",
+    "RSWARM_GLOBALMANAGER_PUB_PORT": "15557",
+    "RSWARM_JOBMANAGER_HINT_PORT": "15555",
+    "RSWARM_DISCOVERY_PORT": "15556",
+    "RSWARM_MONGO_EMBEDDED_PORT": "28117",
+}
+
+
+def remove_leftovers(cluster: str) -> None:
+    """Containers and networks of an earlier, crashed run of the same test cluster."""
+    label = f"label=rswarm.cluster={cluster}"
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", label], capture_output=True, text=True).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+    nets = subprocess.run(["docker", "network", "ls", "-q", "--filter", label], capture_output=True,
+                          text=True).stdout.split()
+    if nets:
+        subprocess.run(["docker", "network", "rm", *nets], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def test_env() -> dict[str, str]:
+    run_dir = Path(os.environ.get("RSWARM_TEST_RUN_DIR", "/tmp/rswarm-test"))
+    return {
+        **TEST_PORTS,
+        "RSWARM_RUN_DIR": str(run_dir),
+        "RSWARM_CLUSTER_ID": TEST_CLUSTER,
+        "RSWARM_API_TOKEN": "test-token-" + os.urandom(8).hex(),
+        "RSWARM_MONGO_DATABASE": "rswarm_test",
+        # The JobManager's safety-net sweep is made slow so that a test can tell a placement
+        # triggered by a hint (a release, a submission) from one found by polling.
+        "RSWARM_JOBMANAGER_SWEEP_SECONDS": "3600",
+        "RSWARM_WORKER_SWEEP_SECONDS": "2",
+        "RSWARM_WORKER_HEARTBEAT_SECONDS": "1",
+        "RSWARM_GLOBALMANAGER_SWEEP_SECONDS": "2",
+    }
+
+
+@pytest.fixture(scope="session")
+def cfg(test_env: dict[str, str]) -> Iterator[Config]:
+    saved = dict(os.environ)
+    os.environ.update(test_env)
+    config = load_config()
+    yield config
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def system(cfg: Config) -> Iterator[Config]:
+    """The whole system, up: dockerd, embedded MongoDB, GM, Discovery, JM, FE and a local Worker."""
+    Management.down(cfg, quiet=True)
+    remove_leftovers(TEST_CLUSTER)
+    shutil.rmtree(cfg.run_path, ignore_errors=True)  # the embedded MongoDB's data lives here
+    if cfg.mongo.uri:  # a real mongod given through MONGO_URI: start from an empty database
+        store = Store.connect(cfg)
+        store.db.client.drop_database(cfg.mongo.database)
+        store.close()
+    Management.up(cfg, quiet=True)
+    yield cfg
+    Management.down(cfg, quiet=True)
+    remove_leftovers(TEST_CLUSTER)
+
+
+@pytest.fixture(scope="session")
+def api(system: Config) -> Api:
+    return Api(system.frontend_url, system.token())
+
+
+@pytest.fixture()
+def store(system: Config) -> Iterator[Store]:
+    s = Store.connect(system)
+    yield s
+    s.close()
+
+
+@pytest.fixture()
+def idle_cluster(api: Api, store: Store) -> Iterator[None]:
+    """Start and end with no unfinished job, so tests do not compete for the node's cores."""
+    _cancel_all(api, store)
+    yield
+    _cancel_all(api, store)
+
+
+def _cancel_all(api: Api, store: Store) -> None:
+    active = store.jobs.in_states(["QUEUED", "SCHEDULED", "RUNNING"])
+    for job in active:
+        api.delete(f"/jobs/{job['_id']}")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and store.jobs.in_states(["QUEUED", "SCHEDULED", "RUNNING"]):
+        time.sleep(0.2)
