@@ -26,14 +26,19 @@ from Common.config import load as load_config  # noqa: E402
 from Common.store import Store  # noqa: E402
 from tests.helpers import Api  # noqa: E402
 
-TEST_CLUSTER = "rswtest"
+# Several test sessions may share this machine's engine (e.g. parallel runs by developers): each picks
+# its own RSWARM_TEST_SLOT (0-9), which shifts every port, the cluster id and the network pool.
+SLOT = int(os.environ.get("RSWARM_TEST_SLOT", "0"))
+TEST_CLUSTER = "rswtest" if SLOT == 0 else f"rswtest{SLOT}"
+_BASE = 15000 + 100 * SLOT
 TEST_PORTS = {
-    "RSWARM_FRONTEND_PORT": "15001",
-    "RSWARM_GLOBALMANAGER_PORT": "15000",
-    "RSWARM_GLOBALMANAGER_PUB_PORT": "15557",
-    "RSWARM_JOBMANAGER_HINT_PORT": "15555",
-    "RSWARM_DISCOVERY_PORT": "15556",
-    "RSWARM_MONGO_EMBEDDED_PORT": "28117",
+    "RSWARM_FRONTEND_PORT": str(_BASE + 1),
+    "RSWARM_GLOBALMANAGER_PORT": str(_BASE),
+    "RSWARM_GLOBALMANAGER_PUB_PORT": str(_BASE + 57),
+    "RSWARM_JOBMANAGER_HINT_PORT": str(_BASE + 55),
+    "RSWARM_DISCOVERY_PORT": str(_BASE + 56),
+    "RSWARM_MONGO_EMBEDDED_PORT": str(28117 + SLOT),
+    "RSWARM_GLOBALMANAGER_NETWORK_POOL": f"10.{210 + SLOT}.0.0/16",
 }
 
 
@@ -51,7 +56,7 @@ def remove_leftovers(cluster: str) -> None:
 
 @pytest.fixture(scope="session")
 def test_env() -> dict[str, str]:
-    run_dir = Path(os.environ.get("RSWARM_TEST_RUN_DIR", "/tmp/rswarm-test"))
+    run_dir = Path(os.environ.get("RSWARM_TEST_RUN_DIR", f"/tmp/rswarm-test{SLOT or ''}"))
     return {
         **TEST_PORTS,
         "RSWARM_RUN_DIR": str(run_dir),
