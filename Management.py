@@ -5,6 +5,7 @@
     python Management.py status [--json]
     python Management.py demo          # up, submit a sample workload, follow it to the end
     python Management.py down [--keep-workloads]
+    python Management.py stress MODE ...  # the StressClient against this deployment (python -m StressClient)
 
 Every process it starts is recorded in <run_dir>/pids (pid + kernel start time, so a recycled pid is
 never mistaken for ours) and logs to <run_dir>/logs. ``up`` is idempotent: it starts only what is not
@@ -91,6 +92,12 @@ class Processes:
         (self.pid_dir / f"{name}.json").write_text(json.dumps(rec))
         return proc.pid
 
+    def tail(self, name: str, lines: int = 15) -> str:
+        try:
+            return "\n".join((self.log_dir / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
     def stop(self, name: str, timeout: float = 10.0) -> bool:
         pid = self.alive(name)
         if pid is not None:
@@ -109,7 +116,8 @@ class Processes:
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-def _wait(what: str, check, timeout: float) -> None:
+def _wait(what: str, check, timeout: float, procs: Processes | None = None, actor: str = "") -> None:
+    """Poll ``check`` until true; fail at once (with its log's tail) if ``actor`` has died meanwhile."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -117,6 +125,8 @@ def _wait(what: str, check, timeout: float) -> None:
                 return
         except Exception:  # noqa: S110 - anything short of success means "not yet"
             pass
+        if procs is not None and actor and procs.alive(actor) is None:
+            raise ManagementError(f"{actor} exited while starting:\n{procs.tail(actor)}")
         time.sleep(0.2)
     raise ManagementError(f"timed out after {timeout:.0f}s waiting for {what}")
 
@@ -175,7 +185,7 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False) -> None:
             raise ManagementError("no Docker engine answers and dockerd is not installed: run ./dependences.sh")
         say("starting dockerd")
         procs.start("dockerd", ["dockerd", "--host", f"unix://{DOCKER_SOCK}"], env)
-        _wait("dockerd", _docker_answers, 60)
+        _wait("dockerd", _docker_answers, 120, procs, "dockerd")
 
     if not cfg.mongo.uri and not procs.alive("mongo"):
         daemon = Path(sys.executable).parent / "secantusd-py"
@@ -187,7 +197,7 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False) -> None:
     from Common.store import Store
 
     store = Store.connect(cfg, "management")
-    _wait(f"MongoDB at {cfg.mongo_uri}", store.ping, 60)
+    _wait(f"MongoDB at {cfg.mongo_uri}", store.ping, 120, procs, "" if cfg.mongo.uri else "mongo")
     store.ensure_indexes()
 
     started = time.time()
@@ -198,8 +208,9 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False) -> None:
         say(f"starting {MODULES[actor]}")
         procs.start(actor, [sys.executable, "-m", MODULES[actor]], env)
         if actor == "globalmanager":
-            _wait("the GlobalManager", lambda: _http_ok(f"{cfg.globalmanager_url}/api/v1/swarm"), 60)
-    _wait("the FrontEnd", lambda: _http_ok(f"{cfg.frontend_url}/api/v1/health"), 60)
+            _wait("the GlobalManager", lambda: _http_ok(f"{cfg.globalmanager_url}/api/v1/swarm"), 120, procs,
+                  "globalmanager")
+    _wait("the FrontEnd", lambda: _http_ok(f"{cfg.frontend_url}/api/v1/health"), 120, procs, "frontend")
     if with_worker:
         name = cfg.worker_name
 
@@ -207,7 +218,7 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False) -> None:
             w = store.workers.get(name)
             return bool(w) and w.get("heartbeat_at", 0) >= started - 1 and w.get("state") == "READY"
 
-        _wait(f"worker {name} to register", registered, 60)
+        _wait(f"worker {name} to register", registered, 120, procs, "worker")
     for actor in actors:
         if not procs.alive(actor):
             raise ManagementError(f"{actor} exited; see {procs.log_dir / (actor + '.log')}")
@@ -338,6 +349,16 @@ def demo(cfg: Config) -> None:
     print(f"The system is still up: `{sys.executable} Management.py status`; stop it with `Management.py down`.")
 
 
+def stress(stress_args: list[str]) -> int:
+    """Forward to the StressClient; its URL and token default to this config (same environment)."""
+    from StressClient.__main__ import main as stress_main
+
+    try:
+        return stress_main(stress_args or ["--help"])
+    except SystemExit as exc:  # argparse's --help and usage errors
+        return exc.code if isinstance(exc.code, int) else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="Management.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -351,7 +372,15 @@ def main(argv: list[str] | None = None) -> int:
     p_status = sub.add_parser("status", help="what runs, where, and a cluster summary")
     p_status.add_argument("--json", action="store_true")
     sub.add_parser("demo", help="up, then run a sample workload end to end")
-    args = parser.parse_args(argv)
+    p_stress = sub.add_parser("stress", help="run the StressClient against this deployment "
+                                             "(same as python -m StressClient MODE ...; see stress --help)",
+                              add_help=False)
+    p_stress.add_argument("stress_args", nargs=argparse.REMAINDER, help="StressClient arguments")
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "stress":
+        args.stress_args = extra + args.stress_args  # e.g. `stress --help`, which REMAINDER does not take
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     if args.run_dir is not None:
         os.environ["RSWARM_RUN_DIR"] = args.run_dir
@@ -373,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
                 print_status(st)
         elif args.command == "demo":
             demo(cfg)
+        elif args.command == "stress":
+            if args.config:
+                os.environ["RSWARM_CONFIG"] = args.config
+            return stress(args.stress_args)
     except ManagementError as exc:
         print(f"Management.py: {exc}", file=sys.stderr)
         return 1

@@ -6,7 +6,7 @@ volumes under the allowed root, ...), and answers 400 naming the field either wa
 
 from __future__ import annotations
 
-from Common.jobspec import JOB_NAME, MAX_CORES_PER_TASK, MAX_PRIORITY, TASK_NAME
+from Common.jobspec import CONTAINER_NAME, IMAGE_REF, JOB_NAME, MAX_CORES_PER_TASK, MAX_PRIORITY, NODE_NAME, TASK_NAME
 
 SAMPLE_JOB = {
     "job_name": "demo-job",
@@ -22,21 +22,24 @@ SAMPLE_JOB = {
 
 TASK_SCHEMA = {
     "type": "object",
-    "required": ["image"],
+    "required": ["image", "req_cores"],
     "additionalProperties": False,
     "properties": {
-        "image": {"type": "string", "example": "rswarm/task:1", "description": "a locally present image"},
+        "image": {"type": "string", "pattern": IMAGE_REF.pattern, "example": "rswarm/task:1",
+                  "description": "a locally present image"},
         "command": {"description": "string (split like a shell would, never run by one) or list of strings",
                     "example": "sleep 2"},
         "req_cores": {"type": "integer", "minimum": 1, "maximum": MAX_CORES_PER_TASK, "example": 1},
-        "mem_limit": {"description": "'64m', '1g' or bytes; at least 6m", "example": "64m"},
-        "container_name": {"type": "string", "description": "extra DNS name on the job network"},
+        "mem_limit": {"type": "string", "pattern": r"^\d{1,6}[mMgG]$", "example": "64m",
+                      "description": "'64m', '1g' (or a number of bytes); at least 6m"},
+        "container_name": {"type": "string", "pattern": CONTAINER_NAME.pattern,
+                           "description": "extra DNS name on the job network"},
         "ports": {"type": "object", "additionalProperties": {"type": "integer"},
                   "example": {"8080/tcp": 18080}},
         "volumes": {"type": "object", "description": "host path (under the allowed root) -> {bind, mode}",
                     "additionalProperties": {"type": "object"}},
         "environment": {"type": "object", "additionalProperties": {"type": "string"}},
-        "node": {"type": "string", "description": "manual placement: this worker"},
+        "node": {"type": "string", "pattern": NODE_NAME.pattern, "description": "manual placement: this worker"},
         "cpuset_cpus": {"type": "string", "description": "manual placement: these cores, e.g. '0-1'"},
         "detach": {"type": "boolean", "description": "accepted for compatibility; always true"},
         "status": {"type": "string", "description": "accepted for compatibility; ignored"},

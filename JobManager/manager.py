@@ -41,6 +41,9 @@ class JobManager:
         self.gm = GMClient(cfg.globalmanager_url, cfg.token())
         self.calls = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gm-call")
         self.stopping = threading.Event()
+        # When a job is leased by a placer that may have died, look again as soon as the lease expires
+        # instead of waiting for the slow sweep.
+        self.retry_at = float("inf")
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -48,18 +51,24 @@ class JobManager:
         self.schedule()
         next_sweep = time.monotonic() + self.cfg.jobmanager.sweep_seconds
         while not self.stopping.is_set():
-            wait = max(0.0, next_sweep - time.monotonic())
+            wake_at = min(next_sweep, self._retry_monotonic())
+            wait = max(0.0, wake_at - time.monotonic())
             msgs = self.receiver.drain(min(wait, 1.0)) if self.receiver else []
             if self.stopping.is_set():
                 break
             for _kind, body, _sender in msgs:
                 self.on_hint(body)
-            if time.monotonic() >= next_sweep:
+            now = time.monotonic()
+            if now >= next_sweep or now >= self._retry_monotonic():
+                self.retry_at = float("inf")
                 self.sweep()
                 next_sweep = time.monotonic() + self.cfg.jobmanager.sweep_seconds
                 self.schedule()
             elif msgs:
                 self.schedule()
+
+    def _retry_monotonic(self) -> float:
+        return time.monotonic() + (self.retry_at - time.time()) if self.retry_at != float("inf") else float("inf")
 
     def on_hint(self, body: dict[str, Any]) -> None:
         reason, job_id = body["reason"], body.get("job_id")
@@ -103,6 +112,10 @@ class JobManager:
         job_id = job["_id"]
         token = uuid.uuid4().hex
         if not self.store.jobs.acquire_lease(job_id, token, self.cfg.jobmanager.lease_seconds):
+            current = self.store.jobs.get(job_id) or {}
+            until = (current.get("lease") or {}).get("until")
+            if current.get("state") == JobState.QUEUED.value and until:
+                self.retry_at = min(self.retry_at, until + LEASE_GRACE_SECONDS + 0.1)
             return False
         by_node: dict[str, list[Alloc]] = {}
         for task, (node, cores) in placement.items():
