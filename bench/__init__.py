@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench.placement`` (decision throughput) and ``python -m bench.packing`` (quality)."""
