@@ -1,7 +1,28 @@
-"""The placement engine: a pure function from a queue snapshot and a cluster snapshot to a plan."""
+"""The placement engine: a pure function from a queue snapshot and a cluster snapshot to a plan.
 
-from JobManager.placement.model import JobRequest, Node, Plan, TaskRequest
+Read docs/placement.md first. Entry points: ``place(jobs, cluster, strategy_name, options, now, running)``
+and ``never_fits(job, capacity, strategy_name)``; ``STRATEGIES`` names every strategy.
+"""
+
+from JobManager.placement.model import JobRequest, Node, Plan, Preemption, RunningJob, RunningTask, TaskRequest
+from JobManager.placement.options import OptionError, SchedulerOptions, parse_options, stored_options
 from JobManager.placement.pipeline import never_fits, place
-from JobManager.placement.strategies import STRATEGIES
+from JobManager.placement.registry import STRATEGIES, get_strategy
 
-__all__ = ["STRATEGIES", "JobRequest", "Node", "Plan", "TaskRequest", "never_fits", "place"]
+__all__ = [
+    "STRATEGIES",
+    "JobRequest",
+    "Node",
+    "OptionError",
+    "Plan",
+    "Preemption",
+    "RunningJob",
+    "RunningTask",
+    "SchedulerOptions",
+    "TaskRequest",
+    "get_strategy",
+    "never_fits",
+    "parse_options",
+    "place",
+    "stored_options",
+]

@@ -1,114 +1,207 @@
 """Placement as a pipeline: feasibility -> fit -> score -> plan.
 
-    queue snapshot ──order──▶ for each job (gang: all tasks or none)
-                                 for each task
-                                   feasibility: which nodes could hold it (memory, core count, manual node)
-                                   fit:         which concrete cores it would get there
-                                   score:       the strategy ranks the fitting nodes
-                                   tentatively take the best; if any task finds none, undo the job
-    cluster snapshot ─────────▶ Plan(placed = {job: {task: (node, cores)}}, waiting = {job: reason})
+    queue snapshot ──order (the strategy)──▶ jobs, or the batch's tasks, one at a time
+                                               │
+    cluster snapshot ──▶ ClusterState          ▼
+      (free core ids,     indexes   ┌── feasibility: nodes with enough free cores and memory
+       free memory)  ─────────────▶ │   (a pinned task: its node, its exact cores)
+                                    ├── score: the strategy's index picks one of them
+                                    │   (first-fit: lowest name; best-fit: least left over)
+                                    ├── fit: which concrete cores there (contiguous rule, cores.py)
+                                    └── take them tentatively; a job is placed whole or all its
+                                        takes are given back (gang) and it waits with a reason
+                                               │
+                                               ▼
+      Plan(placed = {job: {task: (node, cores)}}, waiting = {job: reason}, order, reservations,
+           preemptions)
 
-Pure: the same snapshots give the same plan; nothing here reads MongoDB or talks to Docker.
+Feasibility and score are one question to an index (state.py), so a task costs O(log n), not a scan
+of every worker. Pure: the same snapshots (and ``now``) give the same plan; nothing here reads MongoDB
+or talks to Docker.
 """
 
 from __future__ import annotations
 
-from JobManager.placement.cores import largest_block, pick_cores
-from JobManager.placement.model import JobRequest, Node, Plan, TaskRequest
-from JobManager.placement.strategies import Strategy, get_strategy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from JobManager.placement import reasons
+from JobManager.placement.cores import pick_cores
+from JobManager.placement.model import JobRequest, Node, Plan, RunningJob, TaskRequest
+from JobManager.placement.options import SchedulerOptions
+from JobManager.placement.state import ClusterState
+
+Score = Callable[[int, int], "int | None"]  # (cores, memory) -> the chosen node's index, or None
+Outcome = dict[str, tuple[str, list[int]]] | str  # a job's placement, or why it waits
 
 
-def feasible(node: Node, task: TaskRequest) -> bool:
-    if task.node is not None and task.node != node.name:
-        return False
-    if node.mem_free < task.mem or len(node.free) < task.cores:
-        return False
-    return task.cpuset is None or set(task.cpuset) <= set(node.free)
+@dataclass
+class Pass:
+    """One planning pass: the cluster as it fills up, the options, the clock, the idle cluster."""
+
+    state: ClusterState
+    cluster: list[Node]
+    options: SchedulerOptions = field(default_factory=SchedulerOptions)
+    now: float = 0.0
+    _capacity: ClusterState | None = None
+
+    @property
+    def capacity(self) -> ClusterState:
+        if self._capacity is None:
+            self._capacity = ClusterState([n.empty() for n in self.cluster])
+        return self._capacity
 
 
-def fit(node: Node, task: TaskRequest) -> list[int] | None:
-    if task.cpuset is not None:
-        return list(task.cpuset)
-    return pick_cores(node.free, task.cores)
+def decreasing(tasks: list[TaskRequest]) -> list[TaskRequest]:
+    return sorted(tasks, key=lambda t: (-t.cores, -t.mem))
 
 
-def _take(node: Node, cores: list[int], mem: int) -> None:
-    taken = set(cores)
-    node.free = [c for c in node.free if c not in taken]
-    node.mem_free -= mem
+def pinned_first(tasks: list[TaskRequest]) -> list[TaskRequest]:
+    return sorted(tasks, key=lambda t: not t.pinned)
 
 
-def _give_back(node: Node, cores: list[int], mem: int) -> None:
-    node.free = sorted(node.free + cores)
-    node.mem_free += mem
-
-
-def _fmt_mem(n: int) -> str:
-    for unit, size in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
-        if n >= size:
-            return f"{n / size:.4g}{unit}"
-    return f"{n}b"
-
-
-def why_not(task: TaskRequest, nodes: list[Node]) -> str:
-    """A sentence a person understands about why ``task`` fits no node right now."""
-    need = f"task {task.name} needs {task.cores} core{'s' if task.cores != 1 else ''} and {_fmt_mem(task.mem)}"
+def place_task(state: ClusterState, task: TaskRequest, score: Score, who: str) -> tuple[int, list[int]] | None:
+    """Feasibility, score and fit for one task; takes its cores and memory. None if it fits nowhere."""
     if task.node is not None:
-        target = next((n for n in nodes if n.name == task.node), None)
-        if target is None:
-            return f"{need} on node {task.node}, which is not ready"
+        i = state.index.get(task.node)
+        if i is None or state.blocked[i] or state.mem[i] < task.mem or state.nfree[i] < task.cores:
+            return None
         if task.cpuset is not None:
-            busy = sorted(set(task.cpuset) - set(target.free))
-            if busy:
-                return f"{need} on {task.node}; cores {busy} there are taken"
-        return f"{need} on {task.node}, which has {len(target.free)} free cores and {_fmt_mem(target.mem_free)}"
-    if not nodes:
-        return f"{need}; no worker is ready"
-    by_cores = max(nodes, key=lambda n: (len(n.free), n.mem_free))
-    by_mem = max(nodes, key=lambda n: n.mem_free)
-    return (
-        f"{need} on one node; the most free cores is {len(by_cores.free)} on {by_cores.name} "
-        f"(largest contiguous block {largest_block(by_cores.free)}), the most free memory is "
-        f"{_fmt_mem(by_mem.mem_free)} on {by_mem.name}"
-    )
+            if not set(task.cpuset) <= set(state.free[i]):
+                return None
+            chosen = sorted(task.cpuset)
+        else:
+            chosen = pick_cores(state.free[i], task.cores)  # type: ignore[assignment]
+    else:
+        found = score(task.cores, task.mem)
+        if found is None:
+            return None
+        i = found
+        chosen = pick_cores(state.free[i], task.cores)  # type: ignore[assignment]
+    state.take(i, chosen, task.mem, who)
+    return i, chosen
 
 
-def place_job(job: JobRequest, nodes: list[Node], strategy: Strategy) -> dict[str, tuple[str, list[int]]] | str:
-    """Place every task of ``job`` onto ``nodes`` (mutating them) or none of them; else the reason."""
-    taken: list[tuple[Node, list[int], int]] = []
+def place_job(job: JobRequest, state: ClusterState, score: Score, tasks: list[TaskRequest] | None = None) -> Outcome:
+    """Place every task of ``job`` (pinned ones first, then in ``tasks`` order) or none of them."""
+    taken: list[tuple[int, list[int], int]] = []
     result: dict[str, tuple[str, list[int]]] = {}
-    for task in strategy.order_tasks(job.tasks):
-        candidates = []
-        for node in strategy.candidates(nodes, task):
-            if feasible(node, task):
-                cores = fit(node, task)
-                if cores is not None:
-                    candidates.append((node, cores))
-        if not candidates:
-            for node, cores, mem in reversed(taken):
-                _give_back(node, cores, mem)
-            return why_not(task, nodes)
-        node, cores = strategy.best(candidates, task)
-        _take(node, cores, task.mem)
-        taken.append((node, cores, task.mem))
-        result[task.name] = (node.name, cores)
+    for task in pinned_first(tasks if tasks is not None else job.tasks):
+        got = place_task(state, task, score, f"{job.job_id}:{task.name}")
+        if got is None:
+            reason = reasons.task_reason(job, task, state, len(taken))
+            for i, chosen, mem in reversed(taken):
+                state.give(i, chosen, mem)
+            return reason
+        taken.append((got[0], got[1], task.mem))
+        result[task.name] = (state.names[got[0]], got[1])
     return result
 
 
-def place(jobs: list[JobRequest], cluster: list[Node], strategy_name: str) -> Plan:
-    """Plan the queue onto the cluster. ``cluster`` is not modified."""
-    strategy = get_strategy(strategy_name)
-    nodes = [n.copy() for n in sorted(cluster, key=lambda n: n.name)]
-    plan = Plan()
-    for job in strategy.order_jobs(jobs):
-        outcome = place_job(job, nodes, strategy)
-        if isinstance(outcome, str):
-            plan.waiting[job.job_id] = outcome
+def place_batch_decreasing(jobs: list[JobRequest], state: ClusterState, score: Score) -> tuple[dict[str, Outcome],
+                                                                                              list[str]]:
+    """Every task of the batch in decreasing size (cores, then memory; ties in queue order), each on the
+    node ``score`` picks; a job with a task that fits nowhere gives back what it took (gang) and gets one
+    more try, whole, after the batch, if a give-back happened after it failed.
+
+    Returns each job's outcome and the jobs in the order they were first considered.
+    """
+    entries = sorted((-t.cores, -t.mem, jp, tp) for jp, job in enumerate(jobs) for tp, t in enumerate(job.tasks))
+    taken: list[list[tuple[int, list[int], TaskRequest]]] = [[] for _ in jobs]
+    failed: dict[int, tuple[str, int]] = {}  # job position -> (reason, give-backs counted when it failed)
+    order: list[int] = []
+    seen = [False] * len(jobs)
+    give_backs = 0
+    for _, _, jp, tp in entries:
+        if not seen[jp]:
+            seen[jp] = True
+            order.append(jp)
+        if jp in failed:
+            continue
+        job = jobs[jp]
+        task = job.tasks[tp]
+        got = place_task(state, task, score, f"{job.job_id}:{task.name}")
+        if got is None:
+            reason = reasons.task_reason(job, task, state, len(taken[jp]))
+            if taken[jp]:
+                for i, chosen, t in reversed(taken[jp]):
+                    state.give(i, chosen, t.mem)
+                taken[jp] = []
+                give_backs += 1
+            failed[jp] = (reason, give_backs)  # its own give-back cannot help it
+            continue
+        taken[jp].append((got[0], got[1], task))
+    outcomes: dict[str, Outcome] = {}
+    for jp in order:
+        job = jobs[jp]
+        if jp not in failed:
+            outcomes[job.job_id] = {t.name: (state.names[i], chosen) for i, chosen, t in taken[jp]}
+        elif failed[jp][1] < give_backs:
+            outcomes[job.job_id] = place_job(job, state, score, decreasing(job.tasks))
         else:
-            plan.placed[job.job_id] = outcome
+            outcomes[job.job_id] = failed[jp][0]
+    return outcomes, [jobs[jp].job_id for jp in order]
+
+
+def record(plan: Plan, job_id: str, outcome: Outcome) -> None:
+    if isinstance(outcome, str):
+        plan.waiting[job_id] = outcome
+    else:
+        plan.placed[job_id] = outcome
+
+
+def capacity_reason(job: JobRequest, capacity: ClusterState) -> str | None:
+    """Why ``job`` could not run even on the idle cluster (first-fit and best-fit decreasing both
+    tried), or None if it could. The idle state is left as it was."""
+    reason: str | None = None
+    for score in (capacity.first_fit, capacity.best_fit):
+        outcome = place_job(job, capacity, score, decreasing(job.tasks))
+        if not isinstance(outcome, str):
+            for name, (node, chosen) in outcome.items():
+                task = next(t for t in job.tasks if t.name == name)
+                capacity.give(capacity.index[node], chosen, task.mem)
+            return None
+        reason = outcome
+    return reason
+
+
+def mark_never(plan: Plan, jobs: list[JobRequest], p: Pass) -> None:
+    """A waiting job that cannot fit the idle cluster says so: it waits for workers to join."""
+    by_id = {j.job_id: j for j in jobs}
+    for job_id in list(plan.waiting):
+        if job_id in plan.never:
+            continue
+        why = capacity_reason(by_id[job_id], p.capacity)
+        if why is not None:
+            plan.waiting[job_id] = reasons.never(why)
+            plan.never.add(job_id)
+
+
+def place(jobs: list[JobRequest], cluster: list[Node], strategy_name: str, options: SchedulerOptions | None = None,
+          now: float | None = None, running: list[RunningJob] | None = None) -> Plan:
+    """Plan the queue onto the cluster with the named strategy. ``cluster`` is not modified.
+
+    ``running`` (the placed jobs) is only needed when ``options.preemption`` is on.
+    """
+    from JobManager.placement.preempt import preempt
+    from JobManager.placement.registry import get_strategy
+
+    strategy = get_strategy(strategy_name)
+    p = Pass(ClusterState(cluster), cluster, options or SchedulerOptions(), time.time() if now is None else now)
+    plan = strategy.plan(jobs, p)
+    mark_never(plan, jobs, p)
+    if p.options.preemption and running:
+        preempt(plan, jobs, running, p)
     return plan
 
 
 def never_fits(job: JobRequest, capacity: list[Node], strategy_name: str) -> str | None:
-    """The reason ``job`` could not be placed even on the whole, empty cluster; None if it could."""
-    return place([job], capacity, strategy_name).waiting.get(job.job_id)
+    """The reason ``job`` could not be placed even on the whole, idle cluster; None if it could."""
+    from JobManager.placement.registry import get_strategy
+
+    strategy = get_strategy(strategy_name)
+    refusal = strategy.refuses(job)
+    if refusal is not None:
+        return refusal
+    return capacity_reason(job, ClusterState([n.empty() for n in capacity]))
