@@ -171,8 +171,15 @@ def child_env(cfg: Config) -> dict[str, str]:
 
 
 # ---- commands ------------------------------------------------------------------------------------
-def up(cfg: Config, with_worker: bool = True, quiet: bool = False) -> None:
+def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: str | None = None) -> None:
+    """Start whatever is not running. With an emulated cluster (or an inventory of remote hosts) the
+    Workers run on those hosts, started over SSH, instead of one local Worker."""
+    from Common.ops import cluster
+
     say = (lambda *_: None) if quiet else (lambda m: print(m, flush=True))
+    cluster.apply_cluster_mode(cfg)
+    inv = cluster.load_inv(cfg, inventory)
+    remote = inv is not None
     procs = Processes(cfg)
     cfg.run_path.mkdir(parents=True, exist_ok=True)
     cfg.volume_root.mkdir(parents=True, exist_ok=True)
@@ -184,7 +191,9 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False) -> None:
         if not shutil.which("dockerd"):
             raise ManagementError("no Docker engine answers and dockerd is not installed: run ./dependences.sh")
         say("starting dockerd")
-        procs.start("dockerd", ["dockerd", "--host", f"unix://{DOCKER_SOCK}"], env)
+        criu = "/usr/local/lib/rswarm-criu"  # built by dependences.sh; `docker checkpoint` needs it on the PATH
+        procs.start("dockerd", ["dockerd", "--experimental", "--host", f"unix://{DOCKER_SOCK}"],
+                    {**env, "PATH": f"{criu}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"})
         _wait("dockerd", _docker_answers, 120, procs, "dockerd")
 
     if not cfg.mongo.uri and not procs.alive("mongo"):
@@ -201,7 +210,7 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False) -> None:
     store.ensure_indexes()
 
     started = time.time()
-    actors = [a for a in ACTORS if with_worker or a != "worker"]
+    actors = [a for a in ACTORS if (with_worker and not remote) or a != "worker"]
     for actor in actors:
         if procs.alive(actor):
             continue
@@ -212,13 +221,19 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False) -> None:
                   "globalmanager")
     _wait("the FrontEnd", lambda: _http_ok(f"{cfg.frontend_url}/api/v1/health"), 120, procs, "frontend")
     if with_worker:
-        name = cfg.worker_name
+        names = [h.name for h in inv.hosts] if inv is not None else [cfg.worker_name]
+        if inv is not None:
+            try:
+                cluster.start_workers(cfg, inv, say=say)
+            except cluster.RemoteError as exc:
+                raise ManagementError(str(exc)) from None
 
         def registered() -> bool:
-            w = store.workers.get(name)
-            return bool(w) and w.get("heartbeat_at", 0) >= started - 1 and w.get("state") == "READY"
+            docs = [store.workers.get(n) for n in names]
+            return all(w and w.get("heartbeat_at", 0) >= started - 1 and w.get("state") in ("READY", "DRAINING")
+                       for w in docs)
 
-        _wait(f"worker {name} to register", registered, 120, procs, "worker")
+        _wait(f"worker(s) {', '.join(names)} to register", registered, 120, procs, "" if remote else "worker")
     for actor in actors:
         if not procs.alive(actor):
             raise ManagementError(f"{actor} exited; see {procs.log_dir / (actor + '.log')}")
@@ -240,13 +255,26 @@ def remove_workloads(cfg: Config) -> None:
         subprocess.run(["docker", "network", "rm", *nets], capture_output=True)
 
 
-def down(cfg: Config, keep_workloads: bool = False, quiet: bool = False) -> None:
+def down(cfg: Config, keep_workloads: bool = False, quiet: bool = False, inventory: str | None = None) -> None:
+    from Common.ops import cluster
+
     say = (lambda *_: None) if quiet else (lambda m: print(m, flush=True))
+    cluster.apply_cluster_mode(cfg)
     procs = Processes(cfg)
     for actor in ("frontend", "jobmanager", "worker", "discovery", "globalmanager"):
         if procs.stop(actor):
             say(f"stopped {MODULES[actor]}")
+    try:
+        inv = cluster.load_inv(cfg, inventory)
+    except cluster.RemoteError as exc:
+        say(f"inventory: {exc}")
+        inv = None
+    if inv is not None:
+        cluster.stop_workers(inv, say=say)
+    spec = cluster.load_spec(cfg)
     if not keep_workloads:
+        if spec is not None:
+            cluster.remove_cluster_workloads(cfg, spec)
         remove_workloads(cfg)
     if procs.stop("mongo"):
         say("stopped the embedded MongoDB")
@@ -255,6 +283,9 @@ def down(cfg: Config, keep_workloads: bool = False, quiet: bool = False) -> None
 
 
 def status(cfg: Config) -> dict[str, Any]:
+    from Common.ops import cluster
+
+    in_cluster = cluster.apply_cluster_mode(cfg)
     procs = Processes(cfg)
     out: dict[str, Any] = {"run_dir": str(cfg.run_path), "token_file": str(cfg.token_file),
                            "frontend_url": cfg.frontend_url, "globalmanager_url": cfg.globalmanager_url,
@@ -269,8 +300,15 @@ def status(cfg: Config) -> dict[str, Any]:
             continue
         if name == "mongo" and cfg.mongo.uri:
             continue
+        if name == "worker" and in_cluster and pid is None:
+            continue  # the Workers run on the cluster's hosts: see `cluster status` / `hosts status`
         out["processes"][name] = {"alive": pid is not None, "pid": pid, "port": ports.get(name),
                                   "log": str(procs.log_dir / f"{name}.log")}
+    out["status_page"] = f"{cfg.frontend_url}/status"
+    out["metrics"] = {"frontend": f"{cfg.frontend_url}/metrics", **{
+        actor: f"http://{sub.metrics_host}:{sub.metrics_port}/metrics" if sub.metrics_port else None
+        for actor, sub in (("globalmanager", cfg.globalmanager), ("jobmanager", cfg.jobmanager),
+                           ("discovery", cfg.discovery), ("worker", cfg.worker))}}
     try:
         from Common.store import Store
 
@@ -282,6 +320,9 @@ def status(cfg: Config) -> dict[str, Any]:
                         for w in store.workers.all()],
             "jobs": store.jobs.count_by_state(),
         }
+        from FrontEnd.status import cluster_summary
+
+        out["summary"] = cluster_summary(store, cfg.jobmanager.strategy)  # what the /status page shows
         store.close()
     except Exception as exc:
         out["cluster"] = {"error": f"MongoDB unavailable: {exc}"}
@@ -289,22 +330,53 @@ def status(cfg: Config) -> dict[str, Any]:
 
 
 def print_status(st: dict[str, Any]) -> None:
-    print(f"run dir      {st['run_dir']}")
-    print(f"token file   {st['token_file']}")
-    print(f"Swagger UI   {st['swagger_ui']}")
+    def table(title: str, headers: list[str], rows: list[list[Any]], empty: str) -> None:
+        print(f"\n{title}")
+        if not rows:
+            print(f"  ({empty})")
+            return
+        cells = [[str(c) for c in r] for r in [headers, *rows]]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+        for n, r in enumerate(cells):
+            print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+            if n == 0:
+                print("  " + "  ".join("-" * w for w in widths))
+
+    print(f"run dir       {st['run_dir']}")
+    print(f"token file    {st['token_file']}")
+    print(f"Swagger UI    {st['swagger_ui']}")
+    print(f"status page   {st.get('status_page', '-')}")
     print(f"GlobalManager {st['globalmanager_url']}/api/v1/docs")
-    print(f"MongoDB      {st['mongo_uri']}")
-    print(f"{'process':<14}{'alive':<7}{'pid':<9}{'port':<7}")
-    for name, p in st["processes"].items():
-        print(f"{name:<14}{'yes' if p['alive'] else 'NO':<7}{p['pid'] or '-'!s:<9}{p['port'] or '-'!s:<7}")
+    print(f"MongoDB       {st['mongo_uri']}")
+    metrics = st.get("metrics", {})
+    table("PROCESSES", ["process", "alive", "pid", "port", "metrics"],
+          [[name, "yes" if p["alive"] else "NO", p["pid"] or "-", p["port"] or "-", metrics.get(name) or "-"]
+           for name, p in st["processes"].items()], "none recorded")
     cl = st.get("cluster", {})
     if "error" in cl:
         print(cl["error"])
         return
-    for w in cl.get("workers", []):
-        print(f"worker {w['id']}: {w['state']}, {w['free_cores']}/{w['cores']} cores free, "
-              f"{w['mem_free'] // 2**20} MiB free")
-    print("jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(cl.get("jobs", {}).items())) or "none"))
+    sm = st.get("summary")
+    if not sm:
+        print("jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(cl.get("jobs", {}).items())) or "none"))
+        return
+    table("WORKERS", ["worker", "state", "cores used", "occupancy (# = claimed)", "memory free", "tasks", "heartbeat"],
+          [[w["id"], w["state"], f"{w['used']}/{w['capacity']}",
+            "".join("#" if c["busy"] else "." for c in w["cores"]),
+            f"{w['mem_free'] // 2**20}/{w['mem_total'] // 2**20} MiB", w["tasks"],
+            "-" if w["heartbeat_age"] is None else f"{w['heartbeat_age']} s ago"] for w in sm["workers"]],
+          "no worker has registered")
+    more = f", oldest waits {sm['oldest_wait_seconds']} s" if sm["queue_length"] else ""
+    table(f"QUEUE ({sm['queue_length']} waiting{more})", ["#", "job", "name", "prio", "cores", "waiting", "why"],
+          [[q["position"], q["id"], q["name"], q["priority"], q["cores"], f"{q['waiting_seconds']} s", q["reason"]]
+           for q in sm["queue"]], "nothing waits")
+    table("RECENT JOBS", ["job", "name", "state", "tasks", "nodes", "submitted"],
+          [[j["id"], j["name"], j["state"], j["tasks"], j["nodes"] or "-", f"{j['age_seconds']} s ago"]
+           for j in sm["recent_jobs"]], "no job yet")
+    print("\njobs by state: " + "  ".join(f"{k} {v}" for k, v in sm["jobs_by_state"].items()))
+    evms = sm.get("evms")
+    print("EVMs: " + ("no EVM store" if evms is None else "  ".join(f"{k} {v}" for k, v in evms.items())))
+    print(f"strategy: {sm['strategy']}")
 
 
 def demo(cfg: Config) -> None:
@@ -359,6 +431,94 @@ def stress(stress_args: list[str]) -> int:
         return exc.code if isinstance(exc.code, int) else 2
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError("must be 1..64")
+    return n
+
+
+def cluster_command(cfg: Config, args: argparse.Namespace) -> int:
+    from Common.ops import cluster, emulated
+
+    try:
+        if args.cluster_command == "up":
+            if args.cores:
+                from Common.resources import parse_cpuset
+
+                parse_cpuset(args.cores)
+            if args.memory:
+                from Common.resources import parse_memory
+
+                parse_memory(args.memory)
+            images = [i for i in args.images.split(",") if i]
+            cluster.cluster_up(cfg, args.workers, args.tag, args.subnet, args.cores, args.memory,
+                               args.experimental, images=images)
+            if not args.no_system:
+                up(cfg)
+        elif args.cluster_command == "down":
+            if cluster.load_spec(cfg) is not None:
+                down(cfg)
+            cluster.cluster_down(cfg)
+        else:
+            st = cluster.cluster_status(cfg)
+            if args.json:
+                print(json.dumps(st, indent=2))
+            elif st["cluster"] is None:
+                print("no emulated cluster in this run directory")
+            else:
+                print(f"cluster {st['cluster']} on {st['bridge']} ({st['subnet']})")
+                for h in st["hosts"]:
+                    print(f"  {h['name']:<16}{h['role']:<9}{h['address']:<14}docker={'up' if h['docker'] else 'DOWN'}"
+                          f"  swarm={h['swarm'] or '-'}  sshd={h['sshd']}  worker pid={h['worker_pid'] or '-'}")
+    except ValueError as exc:
+        print(f"Management.py: invalid value: {exc}", file=sys.stderr)
+        return 2
+    except (emulated.ClusterError, cluster.RemoteError) as exc:
+        print(f"Management.py: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def hosts_command(cfg: Config, args: argparse.Namespace) -> int:
+    from Common.ops import cluster
+    from Common.ops.remote import trust_host_key
+
+    cluster.apply_cluster_mode(cfg)
+    try:
+        inv = cluster.load_inv(cfg, args.inventory)
+        if inv is None:
+            print("Management.py: no inventory (give --inventory FILE, or run `cluster up`)", file=sys.stderr)
+            return 2
+        names = args.names or None
+        if args.action == "status":
+            st = cluster.workers_status(inv, names)
+            print(json.dumps(st, indent=2) if args.json else "\n".join(
+                f"{h['name']:<16}{h['address']:<16}" + (f"worker pid {h['worker_pid'] or '-'}" if h["reachable"]
+                                                        else f"UNREACHABLE: {h['error']}") for h in st))
+        elif args.action == "start":
+            cluster.start_workers(cfg, inv, names)
+        elif args.action == "stop":
+            cluster.stop_workers(inv, names)
+        elif args.action == "logs":
+            if not names or len(names) != 1:
+                print("Management.py: hosts logs takes exactly one host name", file=sys.stderr)
+                return 2
+            print(cluster.worker_logs(inv, names[0]))
+        elif args.action == "ship":
+            cluster.ship(inv, names)
+        elif args.action == "trust":
+            for h in cluster.sessions(inv, names):
+                print(f"{h.name}: trusted {trust_host_key(h, Path(inv.known_hosts))}")
+    except cluster.RemoteError as exc:
+        print(f"Management.py: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="Management.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -372,6 +532,29 @@ def main(argv: list[str] | None = None) -> int:
     p_status = sub.add_parser("status", help="what runs, where, and a cluster summary")
     p_status.add_argument("--json", action="store_true")
     sub.add_parser("demo", help="up, then run a sample workload end to end")
+    p_up.add_argument("--inventory", help="run the Workers on the hosts of this inventory file, over SSH")
+    p_down.add_argument("--inventory", help="also stop the Workers on the hosts of this inventory file")
+    p_cluster = sub.add_parser("cluster", help="an emulated multi-node Swarm on this machine")
+    csub = p_cluster.add_subparsers(dest="cluster_command", required=True)
+    c_up = csub.add_parser("up", help="N hosts (netns + dockerd + sshd) joined to a Swarm, then the system on it")
+    c_up.add_argument("--workers", type=_positive_int, default=3, help="number of worker hosts (default 3)")
+    c_up.add_argument("--cores", default="", help="declared cores per worker, a cpuset such as 0-3 "
+                      "(default: the real ones; logical core i runs on physical core i mod ncpu)")
+    c_up.add_argument("--memory", default="", help="declared memory per worker, e.g. 4g (default: the real one)")
+    c_up.add_argument("--tag", default="main", help="names everything this cluster makes (1-6 letters/digits)")
+    c_up.add_argument("--subnet", default="10.77.0.0/24", help="the hosts' private subnet (default 10.77.0.0/24)")
+    c_up.add_argument("--experimental", action="store_true", help="dockerd --experimental (checkpoints)")
+    c_up.add_argument("--no-system", action="store_true", help="only the hosts; do not run `up` on them")
+    c_up.add_argument("--images", default=",".join(["rswarm/task:1", "rswarm/epm-base:1"]),
+                      help="comma-separated local images to load into every worker host")
+    csub.add_parser("down", help="stop the system and remove every host, bridge, rule, daemon and directory")
+    c_status = csub.add_parser("status", help="hosts, daemons, Swarm membership, Worker processes")
+    c_status.add_argument("--json", action="store_true")
+    p_hosts = sub.add_parser("hosts", help="Worker processes on remote hosts, over SSH")
+    p_hosts.add_argument("action", choices=["status", "start", "stop", "logs", "ship", "trust"])
+    p_hosts.add_argument("names", nargs="*", help="only these hosts (default: all; `logs` takes one)")
+    p_hosts.add_argument("--inventory", help="inventory file (default: the emulated cluster's)")
+    p_hosts.add_argument("--json", action="store_true")
     p_stress = sub.add_parser("stress", help="run the StressClient against this deployment "
                                              "(same as python -m StressClient MODE ...; see stress --help)",
                               add_help=False)
@@ -391,9 +574,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "up":
-            up(cfg, with_worker=not args.no_worker)
+            up(cfg, with_worker=not args.no_worker, inventory=args.inventory)
         elif args.command == "down":
-            down(cfg, keep_workloads=args.keep_workloads)
+            down(cfg, keep_workloads=args.keep_workloads, inventory=args.inventory)
+        elif args.command == "cluster":
+            return cluster_command(cfg, args)
+        elif args.command == "hosts":
+            return hosts_command(cfg, args)
         elif args.command == "status":
             st = status(cfg)
             if args.json:

@@ -28,6 +28,8 @@ die() { printf '[dependences] error: %s\n' "$*" >&2; exit 1; }
 # ---- Debian packages ----------------------------------------------------------------------------
 PACKAGES=(docker.io busybox-static debootstrap iproute2 iptables ca-certificates)
 [ "$ROLE" = "Worker" ] || PACKAGES+=(openssh-server)
+# Headless Chromium for the browser tests (driven by Python playwright, never `playwright install`)
+[ "$ROLE" = "test" ] && PACKAGES+=(chromium chromium-driver)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -50,12 +52,44 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.rswarm-stamp 2>/dev/null)" != "$
   echo "$stamp_want" > .venv/.rswarm-stamp
 fi
 
+debian_mirror() {
+  local url
+  url="$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources \
+         | grep -v security | grep -oE 'https?://[^ ]+' | head -n1 || true)"
+  echo "${url:-http://deb.debian.org/debian}"
+}
+debian_mirror_pool() { debian_mirror | sed 's:/*$::'; }
+
+# ---- CRIU (checkpoint/restore) -----------------------------------------------------------------
+# Debian 12's criu 3.17 fails on this kernel ("Unexpected rt vDSO area bounds"); CRIU 4.1.1 built from
+# Debian's own upstream tarball (verified by its sha256) works. It lives in its own directory, put first
+# in the PATH of the dockerd this project starts (with --experimental, which `docker checkpoint` needs).
+CRIU_DIR=/usr/local/lib/rswarm-criu
+CRIU_SHA256=f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
+if [ "$ROLE" != "Worker" ] || [ -n "${RSWARM_WITH_CRIU:-}" ]; then
+  if ! "$CRIU_DIR/criu" --version 2>/dev/null | grep -q "Version: 4.1.1"; then
+    log "building CRIU 4.1.1 from Debian's upstream tarball (about a minute)"
+    CRIU_DEPS=(build-essential pkgconf libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev libnl-3-dev
+               libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler protobuf-compiler python3-protobuf uuid-dev curl xz-utils)
+    apt-get install -y -qq --no-install-recommends "${CRIU_DEPS[@]}" >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${CRIU_DEPS[@]}" >/dev/null; }
+    build="$(mktemp -d)"
+    curl -sSf -o "$build/criu.tar.xz" "$(debian_mirror_pool)/pool/main/c/criu/criu_4.1.1.orig.tar.xz"
+    echo "$CRIU_SHA256  $build/criu.tar.xz" | sha256sum -c --quiet - || die "criu tarball checksum mismatch"
+    tar -C "$build" -xf "$build/criu.tar.xz"
+    make -C "$build/criu-4.1.1" -j"$(nproc)" criu >"$build/build.log" 2>&1 || { tail -20 "$build/build.log"; die "building CRIU failed"; }
+    install -D -m 755 "$build/criu-4.1.1/criu/criu" "$CRIU_DIR/criu"
+    rm -rf "$build"
+  fi
+  "$CRIU_DIR/criu" check >/dev/null 2>&1 || log "warning: criu check fails on this kernel; checkpoints will not work"
+fi
+
 # ---- Docker engine and Swarm ------------------------------------------------------------------
 DOCKER=/usr/bin/docker   # Debian's client, matched to its engine (API 1.41)
 if ! "$DOCKER" version >/dev/null 2>&1; then
-  log "starting dockerd"
+  log "starting dockerd (experimental, with CRIU on its PATH)"
   mkdir -p "$RUN_DIR/logs"
-  nohup dockerd >>"$RUN_DIR/logs/dockerd-bootstrap.log" 2>&1 &
+  PATH="$CRIU_DIR:$PATH" nohup dockerd --experimental >>"$RUN_DIR/logs/dockerd-bootstrap.log" 2>&1 &
   for _ in $(seq 1 120); do "$DOCKER" version >/dev/null 2>&1 && break; sleep 0.5; done
   "$DOCKER" version >/dev/null 2>&1 || die "dockerd did not come up; see $RUN_DIR/logs/dockerd-bootstrap.log"
 fi
@@ -65,12 +99,6 @@ if [ "$ROLE" != "Worker" ] && [ "$("$DOCKER" info --format '{{.Swarm.LocalNodeSt
 fi
 
 # ---- local images (no registry) -----------------------------------------------------------------
-debian_mirror() {
-  local url
-  url="$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources \
-         | grep -v security | grep -oE 'https?://[^ ]+' | head -n1 || true)"
-  echo "${url:-http://deb.debian.org/debian}"
-}
 
 if ! "$DOCKER" image inspect "$TASK_IMAGE" >/dev/null 2>&1; then
   log "building $TASK_IMAGE (static busybox)"
@@ -93,4 +121,8 @@ if ! "$DOCKER" image inspect "$EPM_BASE_IMAGE" >/dev/null 2>&1; then
   rm -rf "$rootfs"
 fi
 
-log "ready (role $ROLE): $("$DOCKER" version --format 'engine {{.Server.Version}}'), swarm $("$DOCKER" info --format '{{.Swarm.LocalNodeState}}'), images $TASK_IMAGE $EPM_BASE_IMAGE"
+# The EPM image: the base plus the EVM agent (Worker/epm/), tagged with a hash of the agent's code, so a
+# code change is a new image (the Worker also builds it when missing). FROM a local image: no network.
+EPM_IMAGE="$(.venv/bin/python -m Worker.epm_image)" || die "building the EPM image failed"
+
+log "ready (role $ROLE): $("$DOCKER" version --format 'engine {{.Server.Version}}'), swarm $("$DOCKER" info --format '{{.Swarm.LocalNodeState}}'), images $TASK_IMAGE $EPM_BASE_IMAGE $EPM_IMAGE"

@@ -38,7 +38,7 @@ AUTHORIZATIONS = {
         "type": "apiKey",
         "in": "header",
         "name": "Authorization",
-        "description": "Type: Bearer <token> (the token is in the run directory's api_token file)",
+        "description": "Type: Bearer TOKEN, where TOKEN is the content of the run directory's api_token file",
     }
 }
 

@@ -54,6 +54,8 @@ class GlobalManagerConfig:
     network_pool: str = "10.201.0.0/16"
     network_prefix: int = 24
     sweep_seconds: float = 10.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 5100  # Prometheus /metrics; 0 disables it
 
 
 @dataclass
@@ -64,6 +66,8 @@ class JobManagerConfig:
     strategy: str = "first-fit"
     lease_seconds: float = 30.0
     redeploy_after_seconds: float = 10.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 5101  # Prometheus /metrics; 0 disables it
 
 
 @dataclass
@@ -71,7 +75,10 @@ class DiscoveryConfig:
     host: str = "127.0.0.1"
     port: int = 5556
     heartbeat_timeout_seconds: float = 15.0
-    sweep_seconds: float = 5.0
+    sweep_seconds: float = 2.0
+    max_requeues: int = 3
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 5102  # Prometheus /metrics; 0 disables it
 
 
 @dataclass
@@ -83,6 +90,11 @@ class WorkerConfig:
     heartbeat_seconds: float = 3.0
     sweep_seconds: float = 5.0
     stop_timeout_seconds: int = 5
+    evm_poll_seconds: float = 0.5  # how often EPMs' EVM generations are polled (added/deleted EVMs)
+    evm_resync_seconds: float = 5.0  # every EPM's desired-EVM file is refreshed at least this often
+    evm_op_timeout_seconds: float = 20.0  # an agent's kernel call taking longer ends that agent (restarted)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 5103  # Prometheus /metrics; 0 disables it; set per Worker when several share a host
 
 
 @dataclass
@@ -213,6 +225,8 @@ def _check(cfg: Config) -> None:
             where = f"{section}.{f.name}"
             if f.name in _PORT_KEYS and not 1 <= value <= 65535:
                 raise ConfigError(f"{where}: port must be 1..65535, got {value}")
+            if f.name == "metrics_port" and not 0 <= value <= 65535:
+                raise ConfigError(f"{where}: port must be 0 (disabled) or 1..65535, got {value}")
             if f.name.endswith("seconds") and value <= 0:
                 raise ConfigError(f"{where}: must be > 0, got {value}")
     if not 8 <= cfg.globalmanager.network_prefix <= 29:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from Common import evmspec
 from Common.errors import Invalid
 from Common.resources import DOCKER_MIN_MEMORY, parse_cpuset, parse_memory
 
@@ -70,6 +71,7 @@ class TaskSpec:
     environment: dict[str, str] = field(default_factory=dict)
     node: str | None = None
     cpuset: list[int] | None = None
+    evms: dict[str, Any] | None = None  # set on EPM tasks: their EVM configuration (Common.evmspec)
 
 
 @dataclass
@@ -79,6 +81,7 @@ class JobSpec:
     network_name: str | None
     network_subnet: str | None
     tasks: list[TaskSpec]
+    evms: dict[str, Any] | None = None  # the job's EVM plan (Common.evmspec), None without EVMs
 
 
 def _obj(value: Any, where: str) -> dict[str, Any]:
@@ -205,7 +208,7 @@ def _environment(value: Any, where: str) -> dict[str, str]:
 
 _TASK_FIELDS = {
     "container_name", "image", "command", "req_cores", "mem_limit", "ports", "volumes",
-    "environment", "node", "cpuset_cpus", "detach",
+    "environment", "node", "cpuset_cpus", "detach", "evms",
 } | _LEGACY_TASK_FIELDS
 
 
@@ -281,7 +284,7 @@ def validate_job(body: Any, limits: Limits) -> JobSpec:
     if "job_info" not in job:
         raise Invalid("job_info is required", field="job_info")
     info = _obj(job["job_info"], "job_info")
-    _unknown(info, {"network", "tasks"}, "job_info")
+    _unknown(info, {"network", "tasks", "evms"}, "job_info")
 
     net = _obj(info.get("network") or {}, "job_info.network")
     _unknown(net, {"name", "driver", "subnet"}, "job_info.network")
@@ -303,6 +306,9 @@ def validate_job(body: Any, limits: Limits) -> JobSpec:
         raise Invalid("job_info.tasks must hold at least one task", field="job_info.tasks")
     if len(raw_tasks) > limits.max_tasks:
         raise Invalid(f"job_info.tasks: at most {limits.max_tasks} tasks per job", field="job_info.tasks")
+    with_evms = evmspec.has_evms(info, raw_tasks)
+    if with_evms:
+        raw_tasks = evmspec.with_epm_defaults(info, raw_tasks)
     tasks = [_task(n, t, f"job_info.tasks.{n}", limits) for n, t in raw_tasks.items()]
 
     seen: dict[str, str] = {}
@@ -317,4 +323,6 @@ def validate_job(body: Any, limits: Limits) -> JobSpec:
         if hosts < len(tasks):
             raise Invalid(f"job_info.network.subnet {subnet} holds {hosts} addresses for {len(tasks)} tasks",
                           field="job_info.network.subnet")
-    return JobSpec(name=name, priority=priority, network_name=net_name, network_subnet=subnet, tasks=tasks)
+    evms = evmspec.plan_job(info, raw_tasks, tasks, subnet).job_doc() if with_evms else None
+    return JobSpec(name=name, priority=priority, network_name=net_name, network_subnet=subnet, tasks=tasks,
+                   evms=evms)

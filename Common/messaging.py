@@ -20,6 +20,8 @@ from typing import Any
 
 import zmq
 
+from Common.evmstates import check_report_items
+from Common.metrics import ZMQ_MESSAGES
 from Common.states import TaskState
 
 log = logging.getLogger(__name__)
@@ -29,9 +31,28 @@ MAX_FRAME_BYTES = 64 * 1024
 
 # kind -> {field: (types, required)}
 SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
-    "hint": {"reason": ((str,), True), "job_id": ((str,), False)},
+    "hint": {"reason": ((str,), True), "job_id": ((str,), False), "node": ((str,), False)},
     "dispatch": {"reason": ((str,), True), "job_id": ((str,), False)},
     "heartbeat": {"node": ((str,), True), "at": ((int, float), True)},
+    "task_applied": {
+        "job_id": ((str,), True),
+        "task": ((str,), True),
+        "attempt": ((int,), True),
+        "generation": ((int,), True),
+        "ok": ((bool,), True),
+        "node": ((str,), True),
+        "reason": ((str,), False),
+    },
+    "migration_status": {
+        "migration_id": ((str,), True),
+        "state": ((str,), True),
+        "node": ((str,), True),
+        "at": ((int, float), True),
+        "reason": ((str,), False),
+        "checkpoint_id": ((str,), False),
+        "container_id": ((str,), False),
+        "timings": ((dict,), False),
+    },
     "task_status": {
         "job_id": ((str,), True),
         "task": ((str,), True),
@@ -43,6 +64,25 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "exit_code": ((int,), False),
         "reason": ((str,), False),
         "log_tail": ((str,), False),
+    },
+    # An EPM agent's EVM outcomes, relayed by its Worker (Common.evmstates.check_report_items).
+    "evm_status": {
+        "job_id": ((str,), True),
+        "epm": ((str,), True),
+        "attempt": ((int,), True),
+        "node": ((str,), True),
+        "container": ((str,), True),
+        "host": ((dict,), False),
+        "items": ((list,), True),
+    },
+    # An EPM container is gone: its EVMs went with it.
+    "epm_removed": {
+        "job_id": ((str,), True),
+        "epm": ((str,), True),
+        "attempt": ((int,), True),
+        "node": ((str,), True),
+        "at": ((int, float), True),
+        "reason": ((str,), False),
     },
 }
 
@@ -78,7 +118,7 @@ def check_body(kind: str, body: Any) -> None:
                 raise BadMessage(f"{kind}: missing field {name!r}")
             continue
         value = body[name]
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise BadMessage(f"{kind}: field {name!r} has the wrong type")
     if kind == "task_status":
         try:
@@ -87,6 +127,14 @@ def check_body(kind: str, body: Any) -> None:
             raise BadMessage(f"task_status: unknown state {body['state']!r}") from None
         if body["attempt"] < 0:
             raise BadMessage("task_status: attempt must be >= 0")
+    if kind == "evm_status":
+        try:
+            check_report_items(body["items"])
+        except ValueError as exc:
+            raise BadMessage(f"evm_status: {exc}") from None
+        host = body.get("host") or {}
+        if not all(k in ("ip", "mac", "name") and isinstance(v, str) for k, v in host.items()):
+            raise BadMessage("evm_status: host holds ip, mac and name strings")
 
 
 def decode(frame: bytes, key: bytes) -> tuple[str, dict[str, Any], str]:
@@ -129,7 +177,7 @@ class Sender:
 
     def __init__(self, endpoint: str, sender: str, key: bytes, pub: bool = False, bind: bool = False) -> None:
         self.endpoint, self.sender, self.key, self.pub = endpoint, sender, key, pub
-        self._queue: queue.Queue[tuple[bytes | None, bytes] | None] = queue.Queue(maxsize=10000)
+        self._queue: queue.Queue[tuple[bytes | None, bytes, str] | None] = queue.Queue(maxsize=10000)
         self.dropped = 0
         self.sent = 0
         self._ready = threading.Event()
@@ -151,23 +199,26 @@ class Sender:
             item = self._queue.get()
             if item is None:
                 break
-            top, payload = item
+            top, payload, kind = item
             try:
                 if top is None:
                     sock.send(payload, zmq.NOBLOCK)
                 else:
                     sock.send_multipart([top, payload], zmq.NOBLOCK)
                 self.sent += 1
+                ZMQ_MESSAGES.labels("out", kind, "sent").inc()
             except zmq.Again:
                 self.dropped += 1
+                ZMQ_MESSAGES.labels("out", kind, "dropped").inc()
         sock.close(0)
 
     def send(self, kind: str, body: dict[str, Any], node: str | None = None) -> None:
         payload = encode(kind, body, self.sender, self.key)
         try:
-            self._queue.put_nowait((topic(node) if node is not None else None, payload))
+            self._queue.put_nowait((topic(node) if node is not None else None, payload, kind))
         except queue.Full:
             self.dropped += 1
+            ZMQ_MESSAGES.labels("out", kind, "dropped").inc()
 
     def close(self) -> None:
         self._queue.put(None)
@@ -212,9 +263,11 @@ class Receiver:
                 msg = decode(payload, self.key)
             except BadMessage as exc:
                 self.rejected += 1
+                ZMQ_MESSAGES.labels("in", "invalid", "rejected").inc()
                 log.warning("dropped a message on %s: %s", self.sock.getsockopt(zmq.LAST_ENDPOINT), exc)
                 continue
             self.received += 1
+            ZMQ_MESSAGES.labels("in", msg[0], "accepted").inc()
             return msg
 
     def drain(self, timeout: float) -> list[tuple[str, dict[str, Any], str]]:

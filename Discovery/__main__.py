@@ -9,6 +9,7 @@ from Common.config import ConfigError
 from Common.config import load as load_config
 from Common.logs import setup
 from Common.messaging import Receiver, Sender
+from Common.metrics import start_metrics_server
 from Common.store import Store
 
 
@@ -29,7 +30,9 @@ def main() -> int:
     store.ensure_indexes()
     receiver = Receiver(f"tcp://{cfg.discovery.host}:{cfg.discovery.port}", key)
     hints = Sender(cfg.jobmanager_hint_endpoint, "discovery", key)
-    disc = Discovery(store, receiver, hints, cfg.discovery.sweep_seconds)
+    disc = Discovery(store, receiver, hints, cfg.discovery.sweep_seconds, cfg.discovery.heartbeat_timeout_seconds,
+                     cfg.discovery.max_requeues)
+    start_metrics_server("discovery", cfg.discovery.metrics_host, cfg.discovery.metrics_port, cfg.cluster())
     signal.signal(signal.SIGTERM, lambda *_: disc.stop())
     signal.signal(signal.SIGINT, lambda *_: disc.stop())
     log.info("Discovery listening on %s", cfg.discovery_endpoint)

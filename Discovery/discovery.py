@@ -13,20 +13,31 @@ import time
 from typing import Any
 
 from Common.messaging import Receiver, Sender
+from Common.metrics import EVM_CREATE_SECONDS, NODE_DOWN, TASK_REPORTS
 from Common.states import JOB_TERMINAL, TASK_TERMINAL, JobState, TaskState
 from Common.store import Store
-from Common.store.workers import alloc_key
+from Common.store.workers import DOWN, DRAINING, READY, alloc_key
+from Discovery.evms import EvmReports
+from Discovery.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 
 
 class Discovery:
-    def __init__(self, store: Store, receiver: Receiver | None, hints: Sender | None, sweep_seconds: float) -> None:
+    def __init__(self, store: Store, receiver: Receiver | None, hints: Sender | None, sweep_seconds: float,
+                 heartbeat_timeout: float = 15.0, max_requeues: int = 3) -> None:
         self.store = store
         self.receiver = receiver
         self.hints = hints
         self.sweep_seconds = sweep_seconds
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_requeues = max_requeues
         self.stopping = threading.Event()
+        self.lifecycle = Lifecycle(store, self.hint)
+        self.evms = EvmReports(store)
+        # A Discovery that was itself down saw no heartbeats: give every Worker one timeout to be heard
+        # before declaring anything dead.
+        self.trust_heartbeats_after = time.time() + heartbeat_timeout
 
     def run(self) -> None:
         next_sweep = time.monotonic() + self.sweep_seconds
@@ -39,13 +50,73 @@ class Discovery:
                     # MongoDB hiccup or a bug: the Worker re-reports from its own sweep, so log and go on.
                     log.exception("could not apply %s %s", kind, body)
             if time.monotonic() >= next_sweep:
+                try:
+                    self.sweep()
+                except Exception:
+                    log.exception("sweep failed; will retry at the next one")
                 next_sweep = time.monotonic() + self.sweep_seconds
 
     def handle(self, kind: str, body: dict[str, Any]) -> None:
         if kind == "task_status":
             self.on_task_status(body)
+        elif kind == "hint" and body.get("node") and body["reason"] == "worker_drained":
+            self.evacuate(body["node"], "node drained")
+        elif kind == "evm_status":
+            moved = self.evms.on_status(body)
+            if moved and moved == len(body["items"]):  # all new: replayed reports would count twice
+                for _seq, state, _times, ms, _error in body["items"]:
+                    if state in ("READY", "ERROR") and ms is not None:
+                        EVM_CREATE_SECONDS.labels(state.lower()).observe(ms / 1000.0)
+        elif kind == "task_applied":
+            self.lifecycle.on_applied(body)
+        elif kind == "migration_status":
+            self.lifecycle.on_migration(body)
+        elif kind == "epm_removed":
+            self.evms.on_epm_removed(body)
         elif kind == "heartbeat":
-            self.store.workers.heartbeat(body["node"], body["at"])
+            # Our clock, not the Worker's: liveness must not depend on clock skew between hosts.
+            self.store.workers.heartbeat(body["node"])
+
+    # ---- failure detection and evacuation ------------------------------------------------------
+    def sweep(self) -> None:
+        """Mark silent workers DOWN; move the work off DOWN and DRAINING workers (level-triggered)."""
+        now = time.time()
+        for w in self.store.workers.all():
+            state = w.get("state")
+            if (state in (READY, DRAINING) and now >= self.trust_heartbeats_after
+                    and w.get("heartbeat_at", 0) < now - self.heartbeat_timeout
+                    and self.store.workers.mark_down(w["_id"], now - self.heartbeat_timeout)):
+                log.warning("worker %s missed heartbeats for %.0fs: DOWN", w["_id"], self.heartbeat_timeout)
+                NODE_DOWN.labels(w["_id"]).inc()
+                state = DOWN
+            if state in (DOWN, DRAINING):
+                self.evacuate(w["_id"], "node down" if state == DOWN else "node drained")
+        self.evms.sweep()
+
+    def evacuate(self, node: str, why: str) -> int:
+        """Restart elsewhere every unfinished job that has a task on ``node``. Returns how many moved."""
+        moved = 0
+        for job in self.store.jobs.active_on(node):
+            reason = f"{why}: {node}"
+            before = self.store.jobs.requeue_lost(job["_id"], node, reason, self.max_requeues)
+            if before is None:
+                continue
+            after = self.store.jobs.get(job["_id"]) or {}
+            if after.get("state") == JobState.QUEUED.value:
+                for task, t in before["tasks"].items():
+                    if t.get("node") and t.get("claim_token"):
+                        self.store.workers.release(t["node"], alloc_key(job["_id"], task), t["claim_token"])
+                log.info("%s: %s requeued (%s)", node, job["_id"], why)
+                self.hint("job_requeued", job["_id"])
+                moved += 1
+            else:  # restarted too often: the lost tasks ended LOST, the job fails whole
+                for task, t in before["tasks"].items():
+                    if t.get("node") == node:
+                        self.release(job["_id"], task, t["attempt"])
+                if self.store.jobs.request_cancel(job["_id"], f"{reason}; too many restarts") is not None:
+                    self.hint("job_cancelled", job["_id"])
+                self.store.jobs.refresh_state(job["_id"])
+        return moved
 
     def hint(self, reason: str, job_id: str | None = None) -> None:
         if self.hints is not None:
@@ -58,6 +129,7 @@ class Discovery:
         if state not in TASK_TERMINAL:
             fields["exit_code"] = None
         moved = self.store.jobs.transition_task(job_id, task, attempt, state, at=body["at"], **fields)
+        TASK_REPORTS.labels(state.value, "applied" if moved else "stale").inc()
         if moved:
             log.info("%s/%s#%d -> %s%s", job_id, task, attempt, state.value,
                      f" ({body['reason']})" if body.get("reason") else "")

@@ -17,7 +17,9 @@ class Context:
     cfg: Config
     store: Store
     _sender: Sender | None = field(default=None, repr=False)
+    _discovery: Sender | None = field(default=None, repr=False)
     _pid: int = 0
+    _discovery_pid: int = 0
 
     @property
     def hints(self) -> Sender:
@@ -27,11 +29,23 @@ class Context:
             self._pid = os.getpid()
         return self._sender
 
-    def hint_jm(self, reason: str, job_id: str | None = None) -> None:
-        body = {"reason": reason}
-        if job_id:
-            body["job_id"] = job_id
-        self.hints.send("hint", body)
+    def hint_jm(self, reason: str, job_id: str | None = None, node: str | None = None) -> None:
+        self.hints.send("hint", _hint(reason, job_id, node))
+
+    def hint_discovery(self, reason: str, node: str) -> None:
+        if self._discovery is None or self._discovery_pid != os.getpid():
+            self._discovery = Sender(self.cfg.discovery_endpoint, "frontend", self.cfg.token().encode())
+            self._discovery_pid = os.getpid()
+        self._discovery.send("hint", _hint(reason, None, node))
+
+
+def _hint(reason: str, job_id: str | None, node: str | None) -> dict[str, str]:
+    body = {"reason": reason}
+    if job_id:
+        body["job_id"] = job_id
+    if node:
+        body["node"] = node
+    return body
 
 
 def ctx() -> Context:

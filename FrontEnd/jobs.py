@@ -14,6 +14,7 @@ from Common.jobspec import JobSpec, Limits, validate_job
 from Common.resources import format_cpuset
 from Common.states import JOB_TERMINAL, JobState
 from FrontEnd.context import ctx
+from FrontEnd.scheduler import active
 from FrontEnd.schemas import JOB_CREATED_SCHEMA, JOB_PAGE_SCHEMA, JOB_SCHEMA, JOB_VIEW_SCHEMA
 from FrontEnd.views import job_url, job_view
 from JobManager.placement import never_fits
@@ -50,10 +51,11 @@ def check_against_cluster(spec: JobSpec) -> None:
             if missing:
                 raise Invalid(f"{where}.cpuset_cpus: cores {format_cpuset(missing)} do not exist on {t.node} "
                               f"(it has {format_cpuset(workers[t.node]['cores'])})", field=f"{where}.cpuset_cpus")
-    capacity = [node_from_worker(w, empty=True) for w in workers.values() if w.get("state") == "READY"]
+    # "Ever" means on the registered cluster, including nodes that are down or drained for now.
+    capacity = [node_from_worker(w, empty=True) for w in workers.values() if w.get("state") != "REMOVED"]
     tasks = {t.name: {"req_cores": t.req_cores, "mem_bytes": t.mem_bytes, "node_request": t.node,
                       "cpuset_request": t.cpuset} for t in spec.tasks}
-    strategy = c.store.settings.get("strategy", c.cfg.jobmanager.strategy)
+    strategy, _ = active()
     reason = never_fits(job_request("new", spec.priority, tasks), capacity, strategy)
     if reason is not None:
         raise Unschedulable(f"this job can never run on the current cluster: {reason}", field="job_info.tasks")

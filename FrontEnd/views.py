@@ -28,6 +28,10 @@ def task_view(name: str, t: dict[str, Any], job_id: str) -> dict[str, Any]:
         "container_name": container_name(job_id, name, t["attempt"]),
         "exit_code": t.get("exit_code"),
         "reason": t.get("reason"),
+        "log_tail": t.get("log_tail"),
+        "resources_generation": t.get("resources_generation", 0),
+        "applied": t.get("applied"),
+        "migration_id": t.get("migration_id"),
         "state_times": t.get("state_times", {}),
     }
 

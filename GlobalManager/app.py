@@ -17,6 +17,7 @@ from Common.api import AUTHORIZATIONS, ERROR_SCHEMA, JsonApi, install_app_errors
 from Common.config import Config
 from Common.errors import Conflict, NotFound, Unavailable
 from Common.messaging import Sender
+from Common.metrics import instrument_flask
 from Common.states import JOB_TERMINAL, TASK_TERMINAL, JobState, TaskState
 from Common.store import Store
 from GlobalManager.swarm import SubnetConflict, Swarm
@@ -35,7 +36,12 @@ class GMContext:
     reports: Sender  # PUSH to Discovery: failures the GM itself observes
 
     def dispatch(self, job: dict[str, Any], reason: str) -> list[str]:
-        nodes = sorted({t["node"] for t in job["tasks"].values() if t.get("node")})
+        """Hint every node that holds, or until the job's last restart held, one of its tasks."""
+        current = {t["node"] for t in job["tasks"].values() if t.get("node")}
+        previous = {h["node"] for h in job.get("history", [])[-len(job["tasks"]):] if h.get("node")}
+        moving = {m["target"] for m in self.store.migrations.query(job_id=job["_id"], limit=20)
+                  if m.get("target") and m["state"] in ("PLACED", "CHECKPOINTED")}
+        nodes = sorted(current | previous | moving)
         for node in nodes:
             self.workers_pub.send("dispatch", {"reason": reason, "job_id": job["_id"]}, node=node)
         return nodes
@@ -175,6 +181,45 @@ class Cleanup(Resource):
         return {"job_id": job_id, "network_removed": removed}
 
 
+NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
+REMOVED_SCHEMA = {"type": "object", "required": ["node", "removed"], "properties": {
+    "node": {"type": "string"}, "removed": {"type": "boolean"}}}
+removed_model = swarm_ns.schema_model("NodeRemoved", REMOVED_SCHEMA)
+
+
+@swarm_ns.route("/nodes/<string:name>")
+@swarm_ns.param("name", "the worker's name")
+class Node(Resource):
+    @swarm_ns.doc(security="bearer")
+    @swarm_ns.response(200, "The node left the Swarm and is removed", removed_model)
+    @swarm_ns.response(401, "Missing or wrong bearer token", error)
+    @swarm_ns.response(404, "No such worker", error)
+    @swarm_ns.response(409, "Still holds work, or is a manager, or its engine is unknown (retry later)", error)
+    @swarm_ns.response(503, "A Docker engine did not answer", error)
+    @require_token
+    def delete(self, name: str):
+        """Make a drained worker's node leave the Swarm, then remove it. 200; 401; 404; 409; 503."""
+        c = gm()
+        worker = c.store.workers.get(name) if NODE_NAME.match(name) else None
+        if worker is None:
+            raise NotFound(f"no worker {name!r}", field="name")
+        if worker.get("state") == "REMOVED":
+            return {"node": name, "removed": True}
+        busy = [j["_id"] for j in c.store.jobs.active_on(name)
+                if any(t.get("node") == name and t["state"] not in TASK_TERMINAL for t in j["tasks"].values())]
+        if busy or worker.get("allocations"):
+            raise Conflict(f"worker {name} still holds work ({len(busy)} jobs); drain it and retry",
+                           field="name", retry_after=2)
+        try:
+            c.swarm.remove_node(worker)
+        except ValueError as exc:
+            raise Conflict(str(exc), field="name") from None
+        except docker.errors.DockerException as exc:
+            raise _docker_down(exc) from None
+        c.store.workers.mark_removed(name)
+        return {"node": name, "removed": True}
+
+
 def sweep_networks(c: GMContext) -> None:
     """Remove the networks of finished (or vanished) jobs; the hints for it may have been lost."""
     for rec in c.store.networks.active():
@@ -218,6 +263,7 @@ def create_app(cfg: Config, start_sweeper: bool = True) -> Flask:
     api.add_namespace(swarm_ns, path="/swarm")
     api.add_namespace(jobs_ns, path="/jobs")
     install_app_errors(app)
+    instrument_flask(app)  # rswarm_http_*; served by the metrics endpoint started in __main__
     if start_sweeper:
         threading.Thread(target=_sweeper, args=(c, threading.Event()), name="network-sweep", daemon=True).start()
     return app

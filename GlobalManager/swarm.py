@@ -5,6 +5,7 @@ The join tokens are read here and nowhere else, and never leave this process ove
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import threading
@@ -72,6 +73,28 @@ class Swarm:
                 "memory": a["Description"].get("Resources", {}).get("MemoryBytes", 0),
             })
         return out
+
+    def remove_node(self, worker: dict[str, Any]) -> None:
+        """Have the worker's engine leave the Swarm (its address is in its registration), then remove the
+        node from the manager's list. ValueError when that cannot be done by construction."""
+        url = (worker.get("info") or {}).get("docker_url")
+        if not url:
+            raise ValueError(f"worker {worker['_id']} registered no engine address")
+        node_engine = docker.DockerClient(base_url=url, timeout=30)
+        try:
+            swarm = node_engine.info()["Swarm"]
+            if swarm.get("ControlAvailable"):
+                raise ValueError(f"worker {worker['_id']} runs on a Swarm manager; it cannot leave")
+            node_id = swarm.get("NodeID")
+            if swarm.get("LocalNodeState") == "active":
+                node_engine.swarm.leave(force=False)
+        finally:
+            node_engine.close()
+        if node_id:
+            # It has left (or its engine is gone): take it off the manager's list at once.
+            with contextlib.suppress(docker.errors.NotFound):
+                self.client.nodes.get(node_id).remove(force=True)
+            log.info("node %s (%s) left the Swarm and was removed", worker["_id"], node_id)
 
     # ---- job networks -------------------------------------------------------------------------
     def _allocate_subnet(self, taken: list[ipaddress.IPv4Network]) -> str:

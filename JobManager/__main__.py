@@ -9,6 +9,7 @@ from Common.config import ConfigError
 from Common.config import load as load_config
 from Common.logs import setup
 from Common.messaging import Receiver
+from Common.metrics import start_metrics_server
 from Common.store import Store
 
 
@@ -28,6 +29,7 @@ def main() -> int:
     store.ensure_indexes()
     receiver = Receiver(f"tcp://{cfg.jobmanager.host}:{cfg.jobmanager.hint_port}", cfg.token().encode())
     jm = JobManager(cfg, store, receiver)
+    start_metrics_server("jobmanager", cfg.jobmanager.metrics_host, cfg.jobmanager.metrics_port, cfg.cluster())
     signal.signal(signal.SIGTERM, lambda *_: jm.stop())
     signal.signal(signal.SIGINT, lambda *_: jm.stop())
     log.info("JobManager listening for hints on %s, strategy %s", cfg.jobmanager_hint_endpoint, jm.strategy())

@@ -17,9 +17,9 @@ class GMClient:
         self.session.headers["Authorization"] = f"Bearer {token}"
         self.timeout = timeout
 
-    def _post(self, path: str) -> bool:
+    def _post(self, path: str, method: str = "POST") -> bool:
         try:
-            resp = self.session.post(self.base + path, timeout=self.timeout)
+            resp = self.session.request(method, self.base + path, timeout=self.timeout)
         except requests.RequestException as exc:
             log.warning("GlobalManager unreachable for %s: %s", path, exc)
             return False
@@ -36,3 +36,6 @@ class GMClient:
 
     def cleanup(self, job_id: str) -> bool:
         return self._post(f"/jobs/{job_id}/cleanup")
+
+    def remove_node(self, name: str) -> bool:
+        return self._post(f"/swarm/nodes/{name}", method="DELETE")

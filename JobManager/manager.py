@@ -19,12 +19,14 @@ from typing import Any
 
 from Common.config import Config
 from Common.messaging import Receiver
+from Common.metrics import JOB_WAIT_SECONDS, PLACEMENT_DECISIONS, PLACEMENT_SECONDS, SCHEDULE_SECONDS
 from Common.states import TASK_TERMINAL, JobState, TaskState
 from Common.store import Store
-from Common.store.workers import Alloc
+from Common.store.workers import Alloc, alloc_key
 from JobManager.gm_client import GMClient
-from JobManager.placement import place
-from JobManager.placement.snapshot import job_request_from_doc, node_from_worker
+from JobManager.migrations import MigrationPlacer
+from JobManager.placement import STRATEGIES, Preemption, SchedulerOptions, place, stored_options
+from JobManager.placement.snapshot import job_request_from_doc, node_from_worker, running_from_doc
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class JobManager:
         self.gm = GMClient(cfg.globalmanager_url, cfg.token())
         self.calls = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gm-call")
         self.stopping = threading.Event()
+        self.migrations = MigrationPlacer(self)
         # When a job is leased by a placer that may have died, look again as soon as the lease expires
         # instead of waiting for the slow sweep.
         self.retry_at = float("inf")
@@ -72,39 +75,102 @@ class JobManager:
 
     def on_hint(self, body: dict[str, Any]) -> None:
         reason, job_id = body["reason"], body.get("job_id")
-        if job_id and reason == "job_cancelled":
-            self.calls.submit(self.gm.stop, job_id)
+        if job_id and reason in ("job_cancelled", "job_requeued", "job_changed", "migration"):
+            self.calls.submit(self.gm.stop, job_id)  # hints every node that holds or held its tasks
+        elif reason == "worker_remove" and body.get("node"):
+            self.calls.submit(self.remove_node, body["node"])
         elif job_id and reason == "job_finished":
             self.calls.submit(self.gm.cleanup, job_id)
 
     def strategy(self) -> str:
-        return self.store.settings.get("strategy", self.cfg.jobmanager.strategy)
+        name = self.store.settings.get("strategy", self.cfg.jobmanager.strategy)
+        if name in STRATEGIES:
+            return name
+        return self.cfg.jobmanager.strategy if self.cfg.jobmanager.strategy in STRATEGIES else "first-fit"
+
+    def options(self) -> SchedulerOptions:
+        return stored_options(self.store.settings.get("scheduler_options"))
 
     # ---- placing ------------------------------------------------------------------------------
+    @SCHEDULE_SECONDS.time()
     def schedule(self) -> int:
-        """Place as much of the queue as fits. Returns the number of jobs placed."""
+        """Place as much of the queue as fits, and the targets of requested migrations. Returns the
+        number of jobs placed."""
+        try:
+            self.migrations.place_requested()
+        except Exception:
+            log.exception("placing migration targets failed; will retry")
         placed_total = 0
         for _ in range(MAX_REPLANS):
             queue = self.store.jobs.queued()
             if not queue:
                 return placed_total
             workers = {w["_id"]: w for w in self.store.workers.ready()}
-            plan = place([job_request_from_doc(j) for j in queue],
-                         [node_from_worker(w) for w in workers.values()], self.strategy())
+            options = self.options()
+            running = None
+            if options.preemption:
+                running = [running_from_doc(j) for j in self.store.jobs.in_states(
+                    [JobState.SCHEDULED.value, JobState.RUNNING.value]) if not j.get("cancel_requested")]
+            strategy = self.strategy()
+            with PLACEMENT_SECONDS.labels(strategy).time():
+                plan = place([job_request_from_doc(j) for j in queue],
+                             [node_from_worker(w) for w in workers.values()], strategy, options,
+                             time.time(), running)
             jobs = {j["_id"]: j for j in queue}
             lost_race = False
             for job_id, placement in plan.placed.items():
+                self.decided(jobs[job_id], strategy, "placed", nodes=sorted({n for n, _ in placement.values()}))
                 if self.commit(jobs[job_id], placement, workers):
                     placed_total += 1
                     self.calls.submit(self.deploy, job_id)
                 else:
                     lost_race = True
+                    self.decided(jobs[job_id], strategy, "lost_race")
             for job_id, reason in plan.waiting.items():
+                PLACEMENT_DECISIONS.labels(strategy, "waiting").inc()
+                if last := jobs[job_id].get("last_preempted"):
+                    reason = f"preempted by {last['by']}, waiting to run again: {reason}"
                 if jobs[job_id].get("reason") != reason:
                     self.store.jobs.set_reason(job_id, reason)
-            if not lost_race:
+                    # Only a changed reason is an event: the timeline says why, not how often we looked.
+                    self.store.events.record("placement", job_id, decision="waiting", strategy=strategy,
+                                             reason=reason)
+            for preemption in plan.preemptions:
+                self.decided(jobs[preemption.job_id], strategy, "preempting", victims=list(preemption.victims))
+                if self.preempt(preemption, jobs, workers):
+                    placed_total += 1
+            if not lost_race and not plan.preemptions:
                 break
         return placed_total
+
+    def decided(self, job: dict[str, Any], strategy: str, decision: str, **data: Any) -> None:
+        """Count a placement decision and put it on the job's timeline (before its claims)."""
+        PLACEMENT_DECISIONS.labels(strategy, decision).inc()
+        if decision in ("placed", "preempting"):
+            queued_at = (job.get("state_times") or {}).get(JobState.QUEUED.value)
+            if queued_at:
+                JOB_WAIT_SECONDS.labels(strategy).observe(max(0.0, time.time() - queued_at))
+        self.store.events.record("placement", job["_id"], decision=decision, strategy=strategy, **data)
+
+    def preempt(self, p: Preemption, jobs: dict[str, dict[str, Any]], workers: dict[str, dict[str, Any]]) -> bool:
+        """Send the victims back to the queue (new attempts; their claims released), then place the job."""
+        job = jobs[p.job_id]
+        for victim in p.victims:
+            reason = f"preempted by {p.job_id} (priority {job.get('priority', 0)}); waiting to run again"
+            before = self.store.jobs.requeue_preempted(victim, p.job_id, reason)
+            if before is None:
+                log.info("preemption of %s for %s: it changed meanwhile; re-planning", victim, p.job_id)
+                return False
+            for task, t in before["tasks"].items():
+                if t.get("node") and t.get("claim_token"):
+                    self.store.workers.release(t["node"], alloc_key(victim, task), t["claim_token"])
+                    workers.pop(t["node"], None)
+            self.calls.submit(self.gm.stop, victim)  # its old nodes' Workers remove the old attempt now
+            log.info("preempted %s (priority %s) for %s", victim, before.get("priority", 0), p.job_id)
+        if self.commit(job, p.placement, workers):
+            self.calls.submit(self.deploy, p.job_id)
+            return True
+        return False
 
     def commit(self, job: dict[str, Any], placement: dict[str, tuple[str, list[int]]],
                workers: dict[str, dict[str, Any]]) -> bool:
@@ -141,6 +207,11 @@ class JobManager:
         log.info("placement of %s lost a race; re-planning", job_id)
         return False
 
+    def remove_node(self, name: str) -> None:
+        """Ask the GM to take a drained worker out of the Swarm; until its work is gone, look again soon."""
+        if not self.gm.remove_node(name):
+            self.retry_at = min(self.retry_at, time.time() + 2.0)
+
     def deploy(self, job_id: str) -> None:
         if self.gm.deploy(job_id):
             self.store.jobs.mark_dispatched(job_id)
@@ -158,6 +229,7 @@ class JobManager:
         released = 0
         now = time.time()
         workers = self.store.workers.all()  # read workers before jobs: see docs/claims.md
+        migrating = {(m["job_id"], m["task"], m.get("target"), m.get("token")) for m in self.store.migrations.active()}
         jobs: dict[str, dict[str, Any] | None] = {}
         for w in workers:
             for key, alloc in w.get("allocations", {}).items():
@@ -166,6 +238,8 @@ class JobManager:
                     jobs[job_id] = self.store.jobs.get(job_id)
                 if self._owned(jobs[job_id], task, alloc["token"], w["_id"], now):
                     continue
+                if (job_id, task, w["_id"], alloc["token"]) in migrating:
+                    continue  # the target's claim of a migration in flight
                 if self.store.workers.release(w["_id"], key, alloc["token"]):
                     released += 1
                     log.info("released leaked claim %s on %s", key, w["_id"])
@@ -185,8 +259,12 @@ class JobManager:
                 and lease.get("until", 0) + LEASE_GRACE_SECONDS > now)
 
     def resend(self) -> None:
-        """Re-send deploys that made no progress and stops that did not finish (hints may be lost)."""
+        """Re-send deploys that made no progress, stops that did not finish and node removals that did
+        not complete (hints may be lost, and a removal waits for the node's work to move away)."""
         now = time.time()
+        for w in self.store.workers.all():
+            if w.get("remove_requested") and w.get("state") != "REMOVED":
+                self.calls.submit(self.remove_node, w["_id"])
         for job in self.store.jobs.in_states([JobState.SCHEDULED.value, JobState.RUNNING.value]):
             if job.get("cancel_requested"):
                 self.calls.submit(self.gm.stop, job["_id"])

@@ -11,6 +11,7 @@ from Common.config import ConfigError
 from Common.config import load as load_config
 from Common.logs import setup
 from Common.messaging import Receiver, Sender
+from Common.metrics import start_metrics_server
 from Common.resources import parse_cpuset, parse_memory
 from Common.store import Store
 
@@ -43,6 +44,7 @@ def main() -> int:
     reports = Sender(cfg.discovery_endpoint, f"worker-{cfg.worker_name}", key)
     receiver = Receiver(cfg.globalmanager_pub_endpoint, key, subscribe=cfg.worker_name)
     worker = Worker(cfg, store, engine, reports)
+    start_metrics_server("worker", cfg.worker.metrics_host, cfg.worker.metrics_port, cfg.cluster(), cfg.worker_name)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     log.info("Worker %s on %s", cfg.worker_name, cfg.worker.docker_url)

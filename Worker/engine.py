@@ -14,6 +14,7 @@ from typing import Any
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
+from Common.resources import format_cpuset, parse_cpuset
 from Common.store.jobs import container_name
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,16 @@ class Engine:
         self.client = docker.DockerClient(base_url=docker_url, timeout=30)
         self.api = self.client.api
         self.cluster = cluster
+        self._ncpu: int | None = None
+
+    def physical_cpuset(self, logical: str) -> str:
+        """Where logical cores run. A worker may declare more cores than its machine has (emulated
+        capacity, for scale experiments): logical core i then runs on physical core i mod ncpu, so
+        logical cores that share a physical core share its time. With the real capacity (the default)
+        the mapping is the identity."""
+        if self._ncpu is None:
+            self._ncpu = int(self.client.info()["NCPU"])
+        return format_cpuset(sorted({c % self._ncpu for c in parse_cpuset(logical)}))
 
     def capacity(self) -> tuple[int, int, str]:
         info = self.client.info()
@@ -89,28 +100,42 @@ class Engine:
             return ""
         return raw[-LOG_TAIL_BYTES:].decode("utf-8", "replace")
 
-    def create(self, job_id: str, task: str, t: dict[str, Any], network: str) -> str:
-        """Create (not start) the task's container, pinned and limited. Returns its id."""
+    def create(self, job_id: str, task: str, t: dict[str, Any], network: str,
+               epm: dict[str, Any] | None = None) -> str:
+        """Create (not start) the task's container, pinned and limited. Returns its id.
+
+        ``epm`` (Worker.evms) turns it into an EPM: the EPM image, capabilities, /dev/net/tun, its directory.
+        """
         name = container_name(job_id, task, t["attempt"])
         ports = list(t.get("ports") or {})
+        binds = {v["host"]: {"bind": v["bind"], "mode": v["mode"]} for v in t.get("volumes") or []}
+        if epm:
+            binds.update(epm["binds"])
         host_config = self.api.create_host_config(
-            cpuset_cpus=t["cpuset"],
+            cpuset_cpus=self.physical_cpuset(t["cpuset"]),
             mem_limit=t["mem_bytes"],
             memswap_limit=t["mem_bytes"],
             network_mode=network,
             port_bindings={p: h for p, h in (t.get("ports") or {}).items()} or None,
-            binds={v["host"]: {"bind": v["bind"], "mode": v["mode"]} for v in t.get("volumes") or []} or None,
+            binds=binds or None,
             init=False,
+            cap_add=epm["cap_add"] if epm else None,
+            devices=epm["devices"] if epm else None,
+            sysctls=epm["sysctls"] if epm else None,
         )
         aliases = [task] + ([t["container_name"]] if t.get("container_name") else [])
         networking = self.api.create_networking_config({network: self.api.create_endpoint_config(aliases=aliases)})
         labels = {LABEL_CLUSTER: self.cluster, LABEL_JOB: job_id, LABEL_TASK: task, LABEL_ATTEMPT: str(t["attempt"])}
+        image, command, environment = t["image"], t.get("command"), t.get("environment") or None
+        if epm:
+            labels.update(epm["labels"])
+            image, command, environment = epm["image"], None, {**(environment or {}), **epm["environment"]}
         for v in t.get("volumes") or []:
             os.makedirs(v["host"], exist_ok=True)
         try:
             created = self.api.create_container(
-                t["image"], command=t.get("command"), name=name, labels=labels, host_config=host_config,
-                networking_config=networking, environment=t.get("environment") or None, ports=ports or None,
+                image, command=command, name=name, labels=labels, host_config=host_config,
+                networking_config=networking, environment=environment, ports=ports or None,
                 detach=True,
             )
         except ImageNotFound:
@@ -123,6 +148,34 @@ class Engine:
                 raise StartFailed(f"cannot create the container: {exc.explanation or exc}") from None
             raise
         return created["Id"]
+
+    # ---- task lifecycle: update, checkpoint, restore ---------------------------------------------
+    def host_config(self, container_id: str) -> dict[str, Any]:
+        return self.api.inspect_container(container_id)["HostConfig"]
+
+    def update_resources(self, container_id: str, cpuset: str, mem: int) -> None:
+        """Apply new cores and memory to a running container (the Docker update API, cgroups in place)."""
+        self.api.update_container(container_id, cpuset_cpus=self.physical_cpuset(cpuset), mem_limit=mem,
+                                  memswap_limit=mem)
+
+    def checkpoint(self, container_id: str, name: str, directory: str, leave_running: bool) -> None:
+        """`docker checkpoint create` (experimental API; docker-py has no wrapper) into ``directory``."""
+        url = self.api._url("/containers/{0}/checkpoints", container_id)
+        res = self.api._post_json(url, data={"CheckpointID": name, "CheckpointDir": directory,
+                                             "Exit": not leave_running})
+        self.api._raise_for_status(res)
+
+    def docker_root(self) -> str:
+        return self.client.info()["DockerRootDir"]
+
+    def start_from_checkpoint(self, container_id: str, name: str) -> None:
+        """Start a created container from a checkpoint already placed in its own checkpoints directory
+        (Docker 20.10 cannot restore from a custom checkpoint directory)."""
+        res = self.api._post(self.api._url("/containers/{0}/start", container_id), params={"checkpoint": name})
+        try:
+            self.api._raise_for_status(res)
+        except APIError as exc:
+            raise StartFailed(f"restore from checkpoint {name} failed: {exc.explanation or exc}") from None
 
     def start(self, container_id: str) -> None:
         try:

@@ -19,10 +19,16 @@ import requests
 
 from Common.config import Config
 from Common.messaging import Receiver, Sender
+from Common.metrics import CONTAINER_EXITS, CONTAINER_START_SECONDS, CONTAINER_STARTS, RECONCILE_SECONDS
 from Common.resources import parse_cpuset, parse_memory
 from Common.states import TASK_RANK, TASK_TERMINAL, TaskState
 from Common.store import Store
+from Common.store.jobs import container_name
+from Common.store.workers import DOWN, REMOVED
 from Worker.engine import Engine, Observed, StartFailed
+from Worker.epm_image import ImageError
+from Worker.evms import EvmSync, is_epm
+from Worker.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +42,22 @@ class Worker:
         self.reports = reports
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        self.rejoin = threading.Event()  # marked DOWN (or missing) while we were away: re-register
         # Ids of containers Docker said died. Its container list can still say "running" for a moment
         # after the event, so these are inspected (which reads the container's own state) instead.
         self._died: set[str] = set()
         self._died_lock = threading.Lock()
+        self.lifecycle = Lifecycle(self)  # resource updates, checkpoints, migrations
+        self.evms = EvmSync(cfg, store, engine.api, reports, self.name, self.wake.set)  # EPMs' EVMs
 
     # ---- start-up -----------------------------------------------------------------------------
     def register(self) -> dict[str, Any]:
         ncpu, mem_total, engine_name = self.engine.capacity()
         cores = parse_cpuset(self.cfg.worker.cores) if self.cfg.worker.cores else list(range(ncpu))
         mem = parse_memory(self.cfg.worker.memory) if self.cfg.worker.memory else mem_total
-        doc = self.store.workers.register(self.name, cores, mem, {"engine": engine_name, "ncpu": ncpu,
-                                                                  "engine_memory": mem_total})
+        info = {"engine": engine_name, "ncpu": ncpu, "engine_memory": mem_total,
+                "docker_url": self.cfg.worker.docker_url}
+        doc = self.store.workers.register(self.name, cores, mem, info)
         log.info("registered %s: cores %s, memory %d bytes", self.name, cores, mem)
         return doc
 
@@ -74,8 +84,22 @@ class Worker:
             self.stopping.wait(1.0)
 
     def _heartbeat(self) -> None:
+        """Beat only while this node's engine answers: a node without its engine is not alive."""
         while not self.stopping.is_set():
-            self.reports.send("heartbeat", {"node": self.name, "at": time.time()})
+            try:
+                self.engine.client.ping()
+                alive = True
+            except (docker.errors.DockerException, requests.RequestException):
+                alive = False
+            if alive:
+                self.reports.send("heartbeat", {"node": self.name, "at": time.time()})
+                try:
+                    state = (self.store.workers.get(self.name) or {}).get("state")
+                except Exception:  # MongoDB unreachable: try again at the next beat
+                    state = None
+                if state in (DOWN, None) or state == REMOVED:
+                    self.rejoin.set()
+                    self.wake.set()
             self.stopping.wait(self.cfg.worker.heartbeat_seconds)
 
     def run(self, receiver: Receiver | None) -> None:
@@ -86,9 +110,18 @@ class Worker:
             threads.append(threading.Thread(target=self._listen_hints, args=(receiver,), name="hints", daemon=True))
         for t in threads:
             t.start()
+        self.evms.start()
         while not self.stopping.is_set():
             self.wake.clear()
             try:
+                if self.rejoin.is_set():
+                    self.rejoin.clear()
+                    # Remove the containers of work moved away while we were DOWN, then come back.
+                    self.reconcile()
+                    if self.register().get("state") == REMOVED:
+                        log.warning("worker %s was removed from the cluster; stopping", self.name)
+                        self.stop()
+                        break
                 self.reconcile()
             except (docker.errors.DockerException, requests.RequestException) as exc:
                 log.warning("engine unavailable during reconcile: %s", exc)
@@ -99,6 +132,7 @@ class Worker:
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
+        self.evms.stop()
 
     # ---- reporting ----------------------------------------------------------------------------
     def report(self, job_id: str, task: str, attempt: int, state: TaskState, **extra: Any) -> None:
@@ -109,6 +143,8 @@ class Worker:
     def report_exit(self, obs: Observed) -> None:
         obs = self.engine.inspect_exit(obs)
         tail = self.engine.log_tail(obs.id)
+        CONTAINER_EXITS.labels(self.name, "oom" if obs.oom_killed else
+                               "completed" if obs.exit_code == 0 else "failed").inc()
         if obs.exit_code == 0 and not obs.oom_killed:
             self.report(obs.job_id, obs.task, obs.attempt, TaskState.COMPLETED, exit_code=0,
                         container_id=obs.id, log_tail=tail)
@@ -124,6 +160,10 @@ class Worker:
 
     # ---- the reconcile pass -------------------------------------------------------------------
     def reconcile(self) -> None:
+        with RECONCILE_SECONDS.labels(self.name).time():
+            self._reconcile()
+
+    def _reconcile(self) -> None:
         jobs = self.store.jobs.active_on(self.name)
         observed = self.engine.managed()
         with self._died_lock:
@@ -145,6 +185,13 @@ class Worker:
         for key, (job, name, t) in desired.items():
             if key not in observed:
                 self.ensure_started(job, name, t)
+        self.lifecycle.run(desired, observed)
+        self.evms.observe({container_name(*key): (*key, desired[key][2]) for key, obs in observed.items()
+                           if key in desired and is_epm(desired[key][2]) and obs.status not in ("exited", "dead")})
+
+    def _draining(self, obs: Observed) -> bool:
+        """A running EPM first removes its EVMs itself (Worker.evms explains why); removal waits."""
+        return obs.status == "running" and self.evms.hold_removal(container_name(obs.job_id, obs.task, obs.attempt))
 
     def cleanup_orphan(self, obs: Observed) -> None:
         """A container whose task is finished, superseded or unknown: remove it (after its exit is known)."""
@@ -152,11 +199,17 @@ class Worker:
         t = (job or {}).get("tasks", {}).get(obs.task)
         if t is not None and t["attempt"] == obs.attempt and t["state"] not in TASK_TERMINAL:
             return  # not an orphan: the job document was read before this task was placed here
+        if self.lifecycle.protected(obs):
+            return  # being restored here for a migration
+        if self._draining(obs):
+            return
         log.info("removing container %s of %s/%s#%d", obs.id[:12], obs.job_id, obs.task, obs.attempt)
         self.engine.stop_and_remove(obs.id, self.cfg.worker.stop_timeout_seconds)
 
     def converge(self, obs: Observed, job: dict[str, Any], name: str, t: dict[str, Any]) -> None:
         state = TaskState(t["state"])
+        if (state in TASK_TERMINAL or job.get("cancel_requested")) and self._draining(obs):
+            return
         if state in TASK_TERMINAL:
             self.engine.stop_and_remove(obs.id, self.cfg.worker.stop_timeout_seconds)
             return
@@ -191,8 +244,10 @@ class Worker:
         if net is None or net.get("state") != "created":
             return  # the GlobalManager has not made the job's network yet; its dispatch will wake us
         try:
-            cid = self.engine.create(job_id, name, t, job["network"]["docker_name"])
-        except StartFailed as exc:
+            cid = self.engine.create(job_id, name, t, job["network"]["docker_name"],
+                                     epm=self.evms.container_options(job, name, t))
+        except (StartFailed, ImageError) as exc:
+            CONTAINER_STARTS.labels(self.name, "failed").inc()
             self.report(job_id, name, t["attempt"], TaskState.FAILED, reason=str(exc))
             return
         self.report(job_id, name, t["attempt"], TaskState.STARTING, container_id=cid)
@@ -200,10 +255,13 @@ class Worker:
 
     def start(self, job_id: str, name: str, t: dict[str, Any], cid: str) -> None:
         try:
-            self.engine.start(cid)
+            with CONTAINER_START_SECONDS.labels(self.name).time():
+                self.engine.start(cid)
         except StartFailed as exc:
+            CONTAINER_STARTS.labels(self.name, "failed").inc()
             self.engine.remove(cid)
             self.report(job_id, name, t["attempt"], TaskState.FAILED, reason=str(exc), container_id=cid)
             return
+        CONTAINER_STARTS.labels(self.name, "started").inc()
         log.info("started %s/%s#%d on cores %s", job_id, name, t["attempt"], t["cpuset"])
         self.report(job_id, name, t["attempt"], TaskState.RUNNING, container_id=cid)

@@ -58,6 +58,7 @@ def docker_baseline(tasks: int, n: int, cores: int) -> list[float]:
     client = docker.DockerClient(base_url="unix:///var/run/docker.sock")
     api = client.api
     out: list[float] = []
+    cores = max(1, min(cores, int(client.info()["NCPU"])))  # a worker may declare more (emulated) cores
     tag = f"{int(time.time())}"
     try:
         for i in range(n):

@@ -33,7 +33,9 @@ def _env(run_dir: Path) -> dict[str, str]:
         "RSWARM_RUN_DIR": str(run_dir), "RSWARM_CLUSTER_ID": f"rswclu{SLOT}",
         "RSWARM_FRONTEND_PORT": str(base + 1), "RSWARM_GLOBALMANAGER_PORT": str(base),
         "RSWARM_GLOBALMANAGER_PUB_PORT": str(base + 57), "RSWARM_JOBMANAGER_HINT_PORT": str(base + 55),
-        "RSWARM_DISCOVERY_PORT": str(base + 56), "RSWARM_MONGO_EMBEDDED_PORT": str(29217 + SLOT),
+        "RSWARM_DISCOVERY_PORT": str(base + 56), "RSWARM_GLOBALMANAGER_METRICS_PORT": str(base + 10),
+        "RSWARM_JOBMANAGER_METRICS_PORT": str(base + 11), "RSWARM_DISCOVERY_METRICS_PORT": str(base + 12),
+        "RSWARM_WORKER_METRICS_PORT": str(base + 13), "RSWARM_MONGO_EMBEDDED_PORT": str(29217 + SLOT),
         "RSWARM_GLOBALMANAGER_NETWORK_POOL": f"10.{240 + SLOT}.0.0/16",
         "RSWARM_DISCOVERY_HEARTBEAT_TIMEOUT_SECONDS": str(HEARTBEAT_TIMEOUT),
         "RSWARM_DISCOVERY_SWEEP_SECONDS": "1", "RSWARM_WORKER_HEARTBEAT_SECONDS": "1",
@@ -67,8 +69,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, system) -> Iterator[Cluste
     env = _env(run_dir)
     emulated.remove(TAG)  # leftovers of a crashed earlier run
     t0 = time.monotonic()
-    r = _mgmt(["cluster", "up", "--workers", "3", "--tag", TAG, "--subnet", SUBNET, "--images", "rswarm/task:1"],
-              env)
+    r = _mgmt(["cluster", "up", "--workers", "3", "--tag", TAG, "--subnet", SUBNET, "--images", "rswarm/task:1",
+               "--experimental"], env)
     assert r.returncode == 0, r.stdout + r.stderr
     c = Cluster(run_dir, env, time.monotonic() - t0)
     yield c
@@ -152,7 +154,7 @@ def test_stopping_a_nodes_dockerd_moves_its_task_elsewhere_then_the_node_returns
     assert took <= HEARTBEAT_TIMEOUT + 10, took  # the bound: the timeout + 10 s
 
     # The node comes back: the Worker re-registers it READY and removes the superseded container.
-    emulated.start_dockerd(victim, False)
+    emulated.start_dockerd(victim, cluster.spec.experimental)
     wait_for("the node to be READY again",
              lambda: {w["id"]: w for w in api.get("/workers").json()["items"]}[victim.name]["state"] == "READY", 120)
     wait_for("the superseded container to be removed",
@@ -209,6 +211,127 @@ def test_ssh_refuses_unknown_and_changed_host_keys_until_trusted(cluster: Cluste
     assert all(e["reachable"] and e["worker_pid"] for e in json.loads(status.stdout))
     logs = _mgmt(["hosts", "logs", h.name], cluster.env)
     assert logs.returncode == 0 and "Worker" in logs.stdout
+
+
+COUNTER = ["sh", "-c", "i=0; while true; do echo $i; i=$((i+1)); sleep 0.2; done"]
+
+
+def _counts(text: str) -> list[int]:
+    return [int(x) for x in text.split() if x.isdigit()]
+
+
+def _migration(api: Api, mig_id: str, states: set[str]) -> dict:
+    def check() -> dict | None:
+        m = api.get(f"/migrations/{mig_id}").json()
+        return m if m["state"] in states else None
+
+    return wait_for(f"migration {mig_id} to reach {sorted(states)}", check, 180)
+
+
+def test_migrating_a_counter_continues_where_it_stopped_on_another_node(cluster: Cluster) -> None:
+    api = cluster.api
+    job_id = api.submit(task_job({"t": {"image": "rswarm/task:1", "command": COUNTER, "req_cores": 1,
+                                        "mem_limit": "64m"}}))
+    first = wait_for("the counter to run", lambda: _running_on(api, job_id), 120)["tasks"]["t"]
+    source = first["node"]
+    time.sleep(3)  # let it count
+    target = next(h.name for h in cluster.spec.workers if h.name != source)
+    r = api.post(f"/jobs/{job_id}/tasks/t/migrate", json={"target": target})
+    assert r.status_code == 202, r.text
+    m = _migration(api, r.json()["id"], {"DONE", "FAILED"})
+    assert m["state"] == "DONE", (m["reason"], m)
+    job = api.job(job_id)
+    t = job["tasks"]["t"]
+    assert t["node"] == target and t["attempt"] == first["attempt"] + 1 and t["state"] == "RUNNING"
+    # On the target's own engine: the target's cores and memory limit, and the count goes on.
+    host = json.loads(cluster.docker(target, "inspect", t["container_id"]))[0]["HostConfig"]
+    assert host["CpusetCpus"] == t["cpuset"] and host["Memory"] == 64 * 2**20
+    time.sleep(1.5)
+    restored = _counts(cluster.docker(target, "logs", t["container_id"]))
+    assert restored and restored[0] >= 10, restored[:5]  # it did not start again from 0
+    assert restored == list(range(restored[0], restored[0] + len(restored)))  # and it keeps counting
+    assert set(m["timings"]) >= {"checkpoint_s", "upload_s", "download_s", "restore_s"}
+    # The source's container is removed and its claim released; the target holds exactly one claim.
+    wait_for("the source container to go", lambda: job_id not in cluster.docker(source, "ps", "-a", "--format",
+                                                                                 "{{.Names}}"), 60)
+    workers = {w["id"]: w for w in api.get("/workers").json()["items"]}
+    assert workers[source]["free_core_count"] == workers[source]["capacity_cores"]
+    assert workers[target]["tasks"] == 1
+    api.delete(f"/jobs/{job_id}")
+    api.wait_state(job_id, "CANCELLED", timeout=120)
+
+
+def test_update_changes_the_real_cgroup_values(cluster: Cluster) -> None:
+    api = cluster.api
+    job_id = api.submit(task_job({"t": sleeper(600, mem="64m")}))
+    t = wait_for("the task to run", lambda: _running_on(api, job_id), 120)["tasks"]["t"]
+    node = t["node"]
+    r = api.s.patch(f"{api.base}/jobs/{job_id}/tasks/t", json={"req_cores": 2, "mem_limit": "96m"},
+                    headers=api.headers(), timeout=30)
+    assert r.status_code == 202, r.text
+    gen = r.json()["tasks"]["t"]["resources_generation"]
+    done = wait_for("the update to be applied", lambda: (x := api.job(job_id)["tasks"]["t"]).get("applied")
+                    and x["applied"]["generation"] >= gen and x, 120)
+    assert done["applied"]["ok"] is True and done["cpuset"] == "0-1" and done["req_cores"] == 2
+    cgroup = cluster.docker(node, "exec", done["container_id"], "cat", "/sys/fs/cgroup/cpuset/cpuset.cpus",
+                            "/sys/fs/cgroup/memory/memory.limit_in_bytes").split()
+    assert cgroup == ["0-1", str(96 * 2**20)]
+    w = api.get(f"/workers/{node}").json()
+    assert w["free_core_count"] == 0  # the claim grew with it
+    # Beyond the node: refused with the reason, nothing changes.
+    r = api.s.patch(f"{api.base}/jobs/{job_id}/tasks/t", json={"req_cores": 64}, headers=api.headers(), timeout=30)
+    assert r.status_code == 422
+    r = api.s.patch(f"{api.base}/jobs/{job_id}/tasks/t", json={"mem_limit": "lots"}, headers=api.headers(),
+                    timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["field"] == "mem_limit"
+    api.delete(f"/jobs/{job_id}")
+    api.wait_state(job_id, "CANCELLED", timeout=120)
+
+
+def test_a_failed_restore_leaves_the_task_running_and_the_claims_consistent(cluster: Cluster) -> None:
+    api = cluster.api
+    job_id = api.submit(task_job({"t": {"image": "rswarm/task:1", "command": COUNTER, "req_cores": 1,
+                                        "mem_limit": "64m"}}))
+    first = wait_for("the counter to run", lambda: _running_on(api, job_id), 120)["tasks"]["t"]
+    target = next(h.name for h in cluster.spec.workers if h.name != first["node"])
+    # A real fault: the target node lacks the task's image (no registry to fetch it from).
+    cluster.docker(target, "tag", "rswarm/task:1", "rswarm/task:keep")
+    cluster.docker(target, "rmi", "rswarm/task:1")
+    try:
+        r = api.post(f"/jobs/{job_id}/tasks/t/migrate", json={"target": target})
+        assert r.status_code == 202, r.text
+        m = _migration(api, r.json()["id"], {"DONE", "FAILED"})
+        assert m["state"] == "FAILED" and "rswarm/task:1" in m["reason"], m
+        t = api.job(job_id)["tasks"]["t"]
+        assert t["state"] == "RUNNING" and t["node"] == first["node"] and t["attempt"] == first["attempt"]
+        assert t["migration_id"] is None
+        workers = {w["id"]: w for w in api.get("/workers").json()["items"]}
+        assert workers[target]["tasks"] == 0 and workers[target]["free_core_count"] == workers[target][
+            "capacity_cores"]
+        assert workers[first["node"]]["tasks"] == 1
+        # And it can be tried again (to any node) once the node is fine.
+    finally:
+        cluster.docker(target, "tag", "rswarm/task:keep", "rswarm/task:1")
+        cluster.docker(target, "rmi", "rswarm/task:keep")
+    api.delete(f"/jobs/{job_id}")
+    api.wait_state(job_id, "CANCELLED", timeout=120)
+
+
+def test_group_migration_reports_per_item(cluster: Cluster) -> None:
+    api = cluster.api
+    a = api.submit(task_job({"t": {"image": "rswarm/task:1", "command": COUNTER, "req_cores": 1, "mem_limit": "32m"}}))
+    wait_for("a to run", lambda: _running_on(api, a), 120)
+    r = api.post("/migrations", json={"items": [{"job_id": a, "target": "any"},
+                                                {"job_id": "job-000000000000-000000"},
+                                                {"job_id": a, "task": "nope"}]})
+    assert r.status_code == 202, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [202, 404, 404]
+    m = _migration(api, results[0]["migration"]["id"], {"DONE", "FAILED"})
+    assert m["state"] == "DONE", (m["reason"], m)
+    assert api.get("/migrations", params={"group": r.json()["group"]}).json()["items"][0]["id"] == m["id"]
+    api.delete(f"/jobs/{a}")
+    api.wait_state(a, "CANCELLED", timeout=120)
 
 
 def test_deleting_a_worker_makes_its_node_leave_the_swarm(cluster: Cluster) -> None:

@@ -17,7 +17,7 @@ def _worker_is_idle(store) -> bool:
 
 
 def test_two_task_job_runs_pinned_and_limited_then_completes(api: Api, store) -> None:
-    job_id = api.submit(task_job({"t1": sleeper(4), "t2": sleeper(4)}, name="pinned"))
+    job_id = api.submit(task_job({"t1": sleeper(10), "t2": sleeper(10)}, name="pinned"))
     # The job is in MongoDB as soon as the 201 is back.
     assert store.jobs.get(job_id) is not None
 
@@ -82,7 +82,7 @@ def test_missing_image_ends_failed_with_the_reason(api: Api, store) -> None:
 
 def test_waiting_job_starts_when_a_release_wakes_the_jobmanager(api: Api, store) -> None:
     ncores = len(store.workers.all()[0]["cores"])
-    big = api.submit(task_job({f"t{i}": sleeper(4) for i in range(ncores)}, name="fills-the-node"))
+    big = api.submit(task_job({f"t{i}": sleeper(8) for i in range(ncores)}, name="fills-the-node"))
     api.wait_tasks(big, "RUNNING", timeout=60)
     small = api.submit(task_job({"t": sleeper(0.5)}, name="waits"))
 

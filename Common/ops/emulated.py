@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 DATA_ROOT = Path("/var/lib/rswarm-emu")
 SOCK_ROOT = Path("/run/rswarm-emu")  # short: a unix socket path must stay under 108 bytes
 SWARM_POOL = "10.90.0.0/16"
+CRIU_DIR = "/usr/local/lib/rswarm-criu"  # built by dependences.sh
 
 # Run inside `nsenter --net=NS -- unshare --mount --uts --propagation slave`: keep the cgroup tree, give
 # the namespace its own sysfs (so dockerd sees its own interfaces), set the hostname, exec dockerd.
@@ -95,6 +96,7 @@ class ClusterSpec:
     subnet: str
     hosts: list[Host] = field(default_factory=list)
     created_at: float = 0.0
+    experimental: bool = False
 
     @property
     def bridge(self) -> str:
@@ -123,7 +125,7 @@ class ClusterSpec:
         except (OSError, ValueError):
             return None
         return cls(tag=raw["tag"], subnet=raw["subnet"], hosts=[Host(**h) for h in raw["hosts"]],
-                   created_at=raw.get("created_at", 0.0))
+                   created_at=raw.get("created_at", 0.0), experimental=raw.get("experimental", False))
 
 
 def plan(tag: str, subnet: str, workers: int, cores: str = "", memory: str = "") -> ClusterSpec:
@@ -183,11 +185,14 @@ def start_dockerd(h: Host, experimental: bool) -> None:
     Path(h.sock_dir).mkdir(parents=True, exist_ok=True)
     Path(h.data_dir).mkdir(parents=True, exist_ok=True)
     logf = open(Path(h.data_dir) / "dockerd.log", "ab")  # noqa: SIM115 - handed to the daemon
+    env = dict(os.environ)
+    if experimental:  # `docker checkpoint` runs criu from the daemon's PATH (see dependences.sh)
+        env["PATH"] = f"{CRIU_DIR}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
     subprocess.Popen(
         ["nsenter", f"--net=/run/netns/{h.netns}", "--", "unshare", "--mount", "--uts", "--propagation", "slave",
          "--", "sh", "-c", NODE_SCRIPT, "node", h.sock_dir, str(Path(h.data_dir) / "docker"), h.name, h.address,
          "1" if experimental else "0"],
-        stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
     )
     logf.close()
 

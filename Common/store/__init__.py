@@ -1,7 +1,7 @@
 """The MongoDB access layer: the only code that knows collection names and document shapes.
 
 ``Store.connect(cfg)`` gives one handle with ``jobs``, ``workers``, ``networks``, ``events`` and
-``settings`` repositories. Every write that races another actor is a conditional update.
+``settings`` repositories, and ``evms`` (EVM records). Every write that races another actor is a conditional update.
 """
 
 from __future__ import annotations
@@ -10,8 +10,12 @@ import pymongo
 from pymongo.database import Database
 
 from Common.config import Config
+from Common.metrics import mongo_listener
+from Common.store.checkpoints import CheckpointStore
 from Common.store.events import EventLog
+from Common.store.evms import EvmStore
 from Common.store.jobs import JobStore
+from Common.store.migrations import MigrationStore
 from Common.store.networks import NetworkStore
 from Common.store.settings import SettingsStore
 from Common.store.workers import WorkerStore
@@ -25,6 +29,9 @@ class Store:
         self.workers = WorkerStore(db, self.events)
         self.networks = NetworkStore(db)
         self.settings = SettingsStore(db)
+        self.evms = EvmStore(db, self.events)
+        self.migrations = MigrationStore(db)
+        self.checkpoints = CheckpointStore(db)
 
     @classmethod
     def connect(cls, cfg: Config, app_name: str = "rswarm") -> Store:
@@ -34,6 +41,7 @@ class Store:
             serverSelectionTimeoutMS=int(cfg.mongo.timeout_seconds * 1000),
             connectTimeoutMS=int(cfg.mongo.timeout_seconds * 1000),
             tz_aware=True,
+            event_listeners=[mongo_listener()],  # rswarm_mongo_operation_seconds
         )
         return cls(client[cfg.mongo.database])
 
@@ -42,6 +50,9 @@ class Store:
         self.workers.ensure_indexes()
         self.networks.ensure_indexes()
         self.events.ensure_indexes()
+        self.evms.ensure_indexes()
+        self.migrations.ensure_indexes()
+        self.checkpoints.ensure_indexes()
 
     def ping(self) -> bool:
         try:

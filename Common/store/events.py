@@ -9,9 +9,12 @@ import datetime as dt
 import logging
 from typing import Any
 
+from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
+
+from Common.metrics import EVENTS, TRANSITIONS
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,35 @@ class EventLog:
             self.col.insert_one(doc)
         except PyMongoError as exc:
             log.warning("event %s for %s not recorded: %s", kind, job_id, exc)
+            return
+        EVENTS.labels(kind).inc()
+        if kind in ("job_state", "task_state") and isinstance(data.get("state"), str):
+            TRANSITIONS.labels(kind.removesuffix("_state"), data["state"]).inc()
 
     def for_job(self, job_id: str, limit: int = 1000) -> list[dict[str, Any]]:
         return list(self.col.find({"job_id": job_id}, {"_id": 0}).sort("at", ASCENDING).limit(limit))
+
+    def query(self, kinds: list[str] | None = None, job_id: str | None = None, since: dt.datetime | None = None,
+              until: dt.datetime | None = None, after: tuple[dt.datetime, ObjectId] | None = None,
+              limit: int = 100, newest_first: bool = False) -> list[dict[str, Any]]:
+        """Events with ``since <= at < until``, in (at, _id) order (or its reverse).
+
+        ``after`` is the (at, _id) of the last event of the previous page: the id breaks ties between
+        events recorded in the same millisecond, so pages never skip or repeat one.
+        """
+        clauses: list[dict[str, Any]] = []
+        if kinds:
+            clauses.append({"kind": kinds[0]} if len(kinds) == 1 else {"kind": {"$in": kinds}})
+        if job_id is not None:
+            clauses.append({"job_id": job_id})
+        if since is not None:
+            clauses.append({"at": {"$gte": since}})
+        if until is not None:
+            clauses.append({"at": {"$lt": until}})
+        if after is not None:
+            at, oid = after
+            op = "$lt" if newest_first else "$gt"
+            clauses.append({"$or": [{"at": {op: at}}, {"at": at, "_id": {op: oid}}]})
+        query: dict[str, Any] = {"$and": clauses} if clauses else {}
+        order = DESCENDING if newest_first else ASCENDING
+        return list(self.col.find(query).sort([("at", order), ("_id", order)]).limit(limit))

@@ -27,6 +27,7 @@ from Common.states import (
     task_states_before,
 )
 from Common.store.events import EventLog
+from Common.store.evms import EvmStore
 
 
 def new_job_id() -> str:
@@ -81,6 +82,8 @@ class JobStore:
                 "reason": None,
                 "state_times": {TaskState.PENDING.value: now},
             }
+            if t.evms is not None:
+                tasks[t.name]["evms"] = t.evms
         doc = {
             "_id": job_id,
             "name": spec.name or f"job{int(now * 1000)}-{job_id[-6:]}",
@@ -95,6 +98,9 @@ class JobStore:
             "nodes": [],
             "tasks": tasks,
         }
+        if spec.evms is not None:
+            doc["evms"] = spec.evms
+            EvmStore(self.col.database, self.events).insert_initial(doc)  # first: a job never lacks its EVMs
         self.col.insert_one(doc)
         self.events.record("job_state", job_id, state=JobState.QUEUED.value)
         return doc
@@ -127,6 +133,14 @@ class JobStore:
 
     def count_by_state(self) -> dict[str, int]:
         return {d["_id"]: d["n"] for d in self.col.aggregate([{"$group": {"_id": "$state", "n": {"$sum": 1}}}])}
+
+    def queue_stats(self) -> tuple[int, float | None]:
+        """(waiting jobs, when the longest-waiting one entered the queue) for metrics and the status page."""
+        docs = list(self.col.aggregate([
+            {"$match": {"state": JobState.QUEUED.value, "cancel_requested": False}},
+            {"$group": {"_id": None, "n": {"$sum": 1}, "oldest": {"$min": f"$state_times.{JobState.QUEUED.value}"}}},
+        ]))
+        return (docs[0]["n"], docs[0].get("oldest")) if docs else (0, None)
 
     def set_reason(self, job_id: str, reason: str | None) -> None:
         self.col.update_one({"_id": job_id, "state": JobState.QUEUED.value}, {"$set": {"reason": reason}})
@@ -175,6 +189,160 @@ class JobStore:
     def mark_dispatched(self, job_id: str) -> None:
         self.col.update_one({"_id": job_id}, {"$set": {"dispatched_at": time.time()}})
 
+    def requeue_preempted(self, job_id: str, by: str, reason: str) -> dict[str, Any] | None:
+        """Send a placed job back to the queue because ``by`` evicts it (preemption).
+
+        Not a backward transition: every task starts a new *attempt* (PENDING, attempt + 1, no node),
+        so late reports about the old attempt are ignored and its containers become orphans that the
+        Workers remove (the old attempts are kept in ``history``, which tells the GlobalManager whose
+        Workers to hint). Conditional on nothing having moved since the read. Returns the job as it was
+        (its tasks' nodes and claim tokens: the caller releases those claims), or None if it changed.
+        """
+        doc = self.get(job_id)
+        placed = (JobState.SCHEDULED.value, JobState.RUNNING.value)
+        if doc is None or doc["state"] not in placed or doc.get("cancel_requested"):
+            return None
+        now = time.time()
+        guard: dict[str, Any] = {"_id": job_id, "state": doc["state"], "cancel_requested": False}
+        update: dict[str, Any] = {"state": JobState.QUEUED.value, "state_times": {JobState.QUEUED.value: now},
+                                  "nodes": [], "lease": None, "reason": reason, "dispatched_at": None,
+                                  "last_preempted": {"by": by, "at": now}}
+        history = []
+        for name, t in doc["tasks"].items():
+            guard[f"tasks.{name}.attempt"] = t["attempt"]
+            guard[f"tasks.{name}.state"] = t["state"]
+            history.append({"task": name, "attempt": t["attempt"], "state": TaskState.CANCELLED.value,
+                            "node": t.get("node"), "cpuset": t.get("cpuset"), "at": now,
+                            "reason": f"preempted by {by}"})
+            update[f"tasks.{name}"] = {**t, "state": TaskState.PENDING.value, "attempt": t["attempt"] + 1,
+                                       "node": None, "cpuset": None, "claim_token": None, "container_id": None,
+                                       "exit_code": None, "log_tail": None, "reason": f"preempted by {by}",
+                                       "state_times": {TaskState.PENDING.value: now}}
+        res = self.col.update_one(guard, {"$set": update, "$inc": {"preemptions": 1},
+                                          "$push": {"history": {"$each": history, "$slice": -200}}})
+        if res.modified_count != 1:
+            return None
+        self.events.record("preempted", job_id, by=by, nodes=doc.get("nodes", []))
+        self.events.record("job_state", job_id, state=JobState.QUEUED.value, reason=reason)
+        return doc
+
+    def requeue_lost(self, job_id: str, node: str, reason: str, max_requeues: int) -> dict[str, Any] | None:
+        """Restart a placed job whose tasks on ``node`` are lost (node down or drained).
+
+        A job runs whole, so the whole job goes back to the queue as a new attempt of every task (the
+        lost ones recorded LOST in ``history``, their siblings stopped); late reports of the old attempt
+        are ignored and its containers become orphans that their Workers remove. After ``max_requeues``
+        restarts the lost tasks end LOST instead and the job fails. Conditional on nothing having moved
+        since the read. Returns the job as it was (the caller releases its claims), or None.
+        """
+        doc = self.get(job_id)
+        placed = (JobState.SCHEDULED.value, JobState.RUNNING.value)
+        if doc is None or doc["state"] not in placed or doc.get("cancel_requested"):
+            return None
+        lost = [n for n, t in doc["tasks"].items() if t.get("node") == node and t["state"] not in
+                {s.value for s in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.LOST)}]
+        if not lost:
+            return None
+        if doc.get("requeues", 0) >= max_requeues:
+            for name in lost:
+                self.transition_task(job_id, name, doc["tasks"][name]["attempt"], TaskState.LOST,
+                                     reason=f"{reason}; given up after {max_requeues} restarts")
+            return doc
+        now = time.time()
+        guard: dict[str, Any] = {"_id": job_id, "state": doc["state"], "cancel_requested": False}
+        update: dict[str, Any] = {"state": JobState.QUEUED.value, "state_times": {JobState.QUEUED.value: now},
+                                  "nodes": [], "lease": None, "reason": reason, "dispatched_at": None}
+        history = []
+        for name, t in doc["tasks"].items():
+            guard[f"tasks.{name}.attempt"] = t["attempt"]
+            guard[f"tasks.{name}.state"] = t["state"]
+            ended = TaskState.LOST.value if name in lost else TaskState.CANCELLED.value
+            history.append({"task": name, "attempt": t["attempt"], "state": ended, "node": t.get("node"),
+                            "cpuset": t.get("cpuset"), "at": now})
+            update[f"tasks.{name}"] = {**t, "state": TaskState.PENDING.value, "attempt": t["attempt"] + 1,
+                                       "node": None, "cpuset": None, "claim_token": None, "container_id": None,
+                                       "exit_code": None, "log_tail": None,
+                                       "reason": f"attempt {t['attempt']} {ended.lower()}: {reason}",
+                                       "state_times": {TaskState.PENDING.value: now}}
+        res = self.col.update_one(guard, {"$set": update, "$inc": {"requeues": 1},
+                                          "$push": {"history": {"$each": history, "$slice": -200}}})
+        if res.modified_count != 1:
+            return None
+        self.events.record("job_requeued", job_id, node=node, reason=reason, lost=lost)
+        self.events.record("job_state", job_id, state=JobState.QUEUED.value, reason=reason)
+        return doc
+
+    # ---- task lifecycle: update and migration ------------------------------------------------
+    def update_resources(self, job_id: str, task: str, attempt: int, token: str, cores: list[int], mem: int,
+                         mem_limit: str) -> int | None:
+        """Record a running task's new cores and memory (already claimed); the Worker applies them.
+        Returns the new resources generation, or None if the task is no longer that running attempt."""
+        res = self.col.find_one_and_update(
+            {"_id": job_id, f"tasks.{task}.attempt": attempt, f"tasks.{task}.claim_token": token,
+             f"tasks.{task}.state": TaskState.RUNNING.value},
+            {"$set": {f"tasks.{task}.cpuset": format_cpuset(cores), f"tasks.{task}.req_cores": len(cores),
+                      f"tasks.{task}.mem_bytes": mem, f"tasks.{task}.mem_limit": mem_limit},
+             "$inc": {f"tasks.{task}.resources_generation": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if res is None:
+            return None
+        gen = res["tasks"][task]["resources_generation"]
+        self.events.record("task_update", job_id, task=task, cores=cores, mem=mem, generation=gen)
+        return gen
+
+    def set_applied(self, job_id: str, task: str, attempt: int, generation: int, ok: bool, reason: str | None) -> bool:
+        res = self.col.update_one(
+            {"_id": job_id, f"tasks.{task}.attempt": attempt,
+             "$or": [{f"tasks.{task}.applied.generation": {"$lt": generation}}, {f"tasks.{task}.applied": None}]},
+            {"$set": {f"tasks.{task}.applied": {"generation": generation, "ok": ok, "reason": reason,
+                                                "at": time.time()}}},
+        )
+        return res.modified_count == 1
+
+    def set_migration(self, job_id: str, task: str, attempt: int, mig_id: str) -> bool:
+        """Mark a running task as migrating (at most one migration per task at a time)."""
+        res = self.col.update_one(
+            {"_id": job_id, "cancel_requested": False, f"tasks.{task}.attempt": attempt,
+             f"tasks.{task}.state": TaskState.RUNNING.value,
+             "$or": [{f"tasks.{task}.migration_id": None}, {f"tasks.{task}.migration_id": {"$exists": False}}]},
+            {"$set": {f"tasks.{task}.migration_id": mig_id}},
+        )
+        return res.modified_count == 1
+
+    def clear_migration(self, job_id: str, task: str, mig_id: str) -> None:
+        self.col.update_one({"_id": job_id, f"tasks.{task}.migration_id": mig_id},
+                            {"$set": {f"tasks.{task}.migration_id": None}})
+
+    def apply_migration(self, m: dict[str, Any], container_id: str) -> bool:
+        """The task now runs on the target as its next attempt (its source container becomes an orphan)."""
+        job = self.get(m["job_id"])
+        if job is None:
+            return False
+        t = job["tasks"][m["task"]]
+        if t["attempt"] == m["attempt"] + 1 and t.get("claim_token") == m["token"]:
+            return True  # applied already (a replayed report)
+        now = time.time()
+        nodes = sorted({x.get("node") for n, x in job["tasks"].items() if n != m["task"] and x.get("node")}
+                       | {m["target"]})
+        task = m["task"]
+        res = self.col.update_one(
+            {"_id": m["job_id"], f"tasks.{task}.attempt": m["attempt"], f"tasks.{task}.migration_id": m["_id"],
+             f"tasks.{task}.state": TaskState.RUNNING.value},
+            {"$set": {f"tasks.{task}.attempt": m["attempt"] + 1, f"tasks.{task}.node": m["target"],
+                      f"tasks.{task}.cpuset": format_cpuset(m["cpuset"]), f"tasks.{task}.claim_token": m["token"],
+                      f"tasks.{task}.container_id": container_id, f"tasks.{task}.migration_id": None,
+                      f"tasks.{task}.migrated_at": now, f"tasks.{task}.state_times.MIGRATED": now, "nodes": nodes},
+             "$push": {"history": {"$each": [{"task": task, "attempt": m["attempt"], "state": "MIGRATED",
+                                              "node": m["source"], "cpuset": t.get("cpuset"), "at": now,
+                                              "migration": m["_id"]}], "$slice": -200}}},
+        )
+        if res.modified_count == 1:
+            self.events.record("task_migrated", m["job_id"], task=task, source=m["source"], target=m["target"],
+                               migration=m["_id"])
+            return True
+        return False
+
     # ---- transitions (Discovery, FrontEnd) ----------------------------------------------------
     def transition_task(
         self, job_id: str, task: str, attempt: int, state: TaskState, at: float | None = None, **fields: Any
@@ -192,7 +360,7 @@ class JobStore:
         )
         if res.modified_count == 1:
             self.events.record("task_state", job_id, task=task, attempt=attempt, state=state.value,
-                               **{k: v for k, v in fields.items() if v is not None})
+                               **{k: v for k, v in fields.items() if v is not None and k != "log_tail"})
             return True
         return False
 
@@ -219,7 +387,7 @@ class JobStore:
         """Ask for a job to stop. The caller cancels unplaced tasks; Workers stop placed ones."""
         return self.col.find_one_and_update(
             {"_id": job_id, "state": {"$nin": [s.value for s in JOB_TERMINAL]}},
-            {"$set": {"cancel_requested": True, "cancel_reason": reason}},
+            {"$set": {"cancel_requested": True, "cancel_reason": reason, "reason": reason}},
             return_document=ReturnDocument.AFTER,
         )
 

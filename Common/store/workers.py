@@ -18,11 +18,13 @@ from typing import Any
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.database import Database
 
+from Common.metrics import CLAIMS, RELEASES
 from Common.store.events import EventLog
 
-READY = "READY"
-DOWN = "DOWN"
-DRAINING = "DRAINING"
+READY = "READY"  # takes new work
+DRAINING = "DRAINING"  # alive, but no new work and its work is moved away (``drain`` is set)
+DOWN = "DOWN"  # stopped heartbeating; its work is moved away
+REMOVED = "REMOVED"  # left the Swarm; a tombstone so its Worker process knows to stop
 
 
 def alloc_key(job_id: str, task: str) -> str:
@@ -74,12 +76,14 @@ class WorkerStore:
             assert doc is not None
             used = {c for a in doc["allocations"].values() for c in a["cores"]}
             used_mem = sum(a["mem"] for a in doc["allocations"].values())
+            if doc.get("state") == REMOVED:
+                return doc
             update = {
                 "cores": list(cores),
                 "mem_total": mem_total,
                 "free_cores": [c for c in cores if c not in used],
                 "mem_free": mem_total - used_mem,
-                "state": READY if doc.get("state") != DRAINING else DRAINING,
+                "state": DRAINING if doc.get("drain") else READY,
                 "heartbeat_at": now,
                 "info": info,
             }
@@ -121,13 +125,11 @@ class WorkerStore:
         for _ in range(self.max_claim_attempts):
             if doc is None:
                 doc = self.col.find_one({"_id": name})
-            if doc is None or doc.get("state") != READY:
+            if (doc is None or doc.get("state") != READY or not want_cores <= set(doc["free_cores"])
+                    or want_mem > doc["mem_free"] or any(a.key in doc["allocations"] for a in allocs)):
+                CLAIMS.labels(name, "refused").inc()
                 return None
             free = set(doc["free_cores"])
-            if not want_cores <= free or want_mem > doc["mem_free"]:
-                return None
-            if any(a.key in doc["allocations"] for a in allocs):
-                return None
             update: dict[str, Any] = {
                 "free_cores": sorted(free - want_cores),
                 "mem_free": doc["mem_free"] - want_mem,
@@ -140,11 +142,57 @@ class WorkerStore:
                 return_document=ReturnDocument.AFTER,
             )
             if res is not None:
+                CLAIMS.labels(name, "committed").inc()
                 for a in allocs:
                     self.events.record("claim", a.job_id, task=a.task, node=name, cores=list(a.cores), mem=a.mem)
                 return res
+            CLAIMS.labels(name, "conflict").inc()
             doc = None  # lost a race: re-read and check again
+        CLAIMS.labels(name, "refused").inc()
         return None
+
+    def resize(self, name: str, key: str, token: str, cores: int, mem: int,
+               exact: list[int] | None = None) -> dict[str, Any] | str:
+        """Change one allocation in place: keep what it can of its cores, take contiguous free ones next to
+        them when it grows (or exactly ``exact``). Returns the new allocation, or why it cannot."""
+        from JobManager.placement.cores import pick_cores  # the same contiguous-core rule as placement
+
+        for _ in range(self.max_claim_attempts):
+            doc = self.col.find_one({"_id": name})
+            if doc is None or doc.get("state") not in (READY, DRAINING):
+                return f"worker {name} is not up"
+            alloc = doc.get("allocations", {}).get(key)
+            if alloc is None or alloc.get("token") != token:
+                return "the task holds no claim on its node any more"
+            held, free = list(alloc["cores"]), list(doc["free_cores"])
+            if exact is not None:
+                foreign = sorted(set(exact) - set(held) - set(free))
+                if foreign:
+                    return f"cores {foreign} on {name} are taken"
+                new_cores = sorted(exact)
+            elif cores <= len(held):
+                new_cores = sorted(held)[:cores]
+            else:
+                extra = pick_cores(sorted(free), cores - len(held))
+                if extra is None:
+                    return (f"needs {cores - len(held)} more cores on {name}, which has {len(free)} free "
+                            f"(the task holds {len(held)})")
+                new_cores = sorted(held + extra)
+            mem_free = doc["mem_free"] + alloc["mem"] - mem
+            if mem_free < 0:
+                return f"needs {mem - alloc['mem']} more bytes of memory on {name}, which has {doc['mem_free']} free"
+            new_free = sorted((set(free) | set(held)) - set(new_cores))
+            new_alloc = {**alloc, "cores": new_cores, "mem": mem}
+            res = self.col.update_one(
+                {"_id": name, "generation": doc["generation"]},
+                {"$set": {"free_cores": new_free, "mem_free": mem_free, f"allocations.{key}": new_alloc},
+                 "$inc": {"generation": 1}},
+            )
+            if res.modified_count == 1:
+                job_id, _, task = key.partition(":")
+                self.events.record("resize", job_id, task=task, node=name, cores=new_cores, mem=mem)
+                return new_alloc
+        return "the node's claims kept changing; retry"
 
     def release(self, name: str, key: str, token: str) -> bool:
         """Give back one allocation, exactly once (guarded by its token). True if this call released it."""
@@ -161,11 +209,41 @@ class WorkerStore:
             },
         )
         if res.modified_count == 1:
+            RELEASES.labels(name).inc()
             job_id, _, task = key.partition(":")
             self.events.record("release", job_id, task=task, node=name, cores=alloc["cores"], mem=alloc["mem"])
             return True
         return False
 
-    def set_state(self, name: str, state: str) -> bool:
-        res = self.col.update_one({"_id": name}, {"$set": {"state": state}, "$inc": {"generation": 1}})
-        return res.matched_count == 1
+    # ---- liveness and maintenance ------------------------------------------------------------
+    def mark_down(self, name: str, stale_before: float) -> bool:
+        """READY/DRAINING -> DOWN, only if its last heartbeat is still older than ``stale_before``."""
+        res = self.col.update_one(
+            {"_id": name, "state": {"$in": [READY, DRAINING]}, "heartbeat_at": {"$lt": stale_before}},
+            {"$set": {"state": DOWN, "down_at": time.time()}, "$inc": {"generation": 1}},
+        )
+        if res.modified_count == 1:
+            self.events.record("node_down", node=name)
+            return True
+        return False
+
+    def set_drain(self, name: str, drain: bool) -> dict[str, Any] | None:
+        """Drain (no new work; work moved away) or undrain a live worker. None unless READY/DRAINING."""
+        return self.col.find_one_and_update(
+            {"_id": name, "state": {"$in": [READY, DRAINING]}},
+            {"$set": {"drain": drain, "state": DRAINING if drain else READY}, "$inc": {"generation": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    def request_removal(self, name: str) -> dict[str, Any] | None:
+        return self.col.find_one_and_update(
+            {"_id": name, "state": {"$ne": REMOVED}},
+            {"$set": {"drain": True, "remove_requested": True,
+                      "state": DRAINING}, "$inc": {"generation": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    def mark_removed(self, name: str) -> None:
+        self.col.update_one({"_id": name}, {"$set": {"state": REMOVED, "removed_at": time.time()},
+                                            "$inc": {"generation": 1}})
+        self.events.record("node_removed", node=name)

@@ -1,0 +1,283 @@
+"""The EPM agent's loop: make the kernel hold exactly the EVMs the Worker's desired file lists.
+
+Level-triggered, like the Worker: each pass compares the desired set (the file, which mirrors MongoDB)
+with what the kernel holds (our namespaces and links, found by name), removes what should not exist,
+creates what is missing at the batch's rate, and reports every outcome. At start it rolls back any
+half-made EVM a killed predecessor left, so a restarted agent converges. It re-reports an outcome when
+the file shows MongoDB still lags behind (a lost datagram), at most every ``RESEND_SECONDS``.
+
+Every kernel call is bounded: a watchdog thread ends the process when one takes longer than the
+file's ``op_timeout`` (a kernel call cannot be interrupted, a process can); the supervisor starts a
+fresh agent, which reconciles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from . import names
+from .desired import BadDesired, Desired, load, stamp
+from .kernel import BATCH_FULL, BATCH_LEAN, EvmError, FatalError, Kernel
+from .pacing import Pacer, pacer_for
+from .report import Reporter
+
+RESEND_SECONDS = 10.0
+STATUS_SECONDS = 1.0
+IDLE_WAIT = 0.5
+CREATE_SLICE = 0.25  # seconds of creating before looking at the desired file again
+EXIT_STUCK = 75
+
+
+def log(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} epm-agent[{os.getpid()}] {msg}", file=sys.stderr, flush=True)
+
+
+class Agent:
+    def __init__(self, state_dir: str, kernel: Kernel) -> None:
+        self.dir = state_dir
+        self.kernel = kernel
+        self.path = os.path.join(state_dir, names.DESIRED_FILE)
+        self.desired: Desired | None = None
+        self.stamp: tuple[int, int, int] | None = None
+        self.present: dict[int, float | None] = {}  # EVM number -> when it became READY (None: found at start)
+        self.failed: dict[int, str] = {}  # not retried by this process
+        self.sent: dict[int, tuple[str, float]] = {}  # last report per EVM: (state, monotonic time)
+        self.pacers: dict[str, Pacer] = {}
+        self.reporter: Reporter | None = None
+        self.next_due = -math.inf
+        self.queued = 0
+        self.last_status = 0.0
+        self.stopping = threading.Event()
+        self.wake = self._bind_wake()
+
+    def _bind_wake(self) -> socket.socket:
+        path = os.path.join(self.dir, names.AGENT_SOCK)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        sock.bind(path)
+        sock.setblocking(False)
+        return sock
+
+    # ---- the desired file ---------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Re-read the desired file if the Worker replaced it. True if a (valid) new one was loaded."""
+        now_stamp = stamp(self.path)
+        if now_stamp is None or now_stamp == self.stamp:
+            return False
+        self.stamp = now_stamp
+        try:
+            self.desired = load(self.path)
+        except BadDesired as exc:
+            log(f"ignoring the desired file: {exc}")
+            return False
+        if self.reporter is not None:
+            self.reporter.attempt = self.desired.attempt
+        return True
+
+    def wait(self, seconds: float) -> None:
+        if seconds > 0:
+            select.select([self.wake], [], [], seconds)
+        while True:  # take every pending nudge
+            try:
+                self.wake.recv(64)
+            except (BlockingIOError, OSError):
+                break
+
+    # ---- reporting ----------------------------------------------------------------------------
+    def report(self, seq: int, state: str, times: dict[str, float], ms: float | None = None,
+               error: str | None = None) -> None:
+        assert self.reporter is not None
+        self.reporter.add(seq, state, times, ms, error)
+        self.sent[seq] = (state, time.monotonic())
+
+    def _due(self, seq: int, state: str) -> bool:
+        last = self.sent.get(seq)
+        return last is None or last[0] != state or time.monotonic() - last[1] >= RESEND_SECONDS
+
+    # ---- start-up -----------------------------------------------------------------------------
+    def start(self) -> None:
+        while not self.stopping.is_set() and not self.refresh():
+            self.wait(IDLE_WAIT)
+        if self.stopping.is_set():
+            return
+        d = self.desired
+        assert d is not None
+        self.reporter = Reporter(self.dir, d.attempt, self.kernel.host_info())
+        scan = self.kernel.scan()
+        complete = {s for s, f in scan.evms.items() if f.complete(d.devices, scan.shared_bridge)}
+        broken = sorted(set(scan.evms) - complete)
+        if broken:
+            log(f"rolling back {len(broken)} half-made EVMs left by an earlier agent")
+            for i in range(0, len(broken), self._batch(d)):
+                try:
+                    self.kernel.destroy(broken[i:i + self._batch(d)], scan)
+                except Exception as exc:  # what is left fails its creation, which rolls it back again
+                    log(f"rolling back failed: {exc}")
+        self.present = dict.fromkeys(complete)
+        log(f"started: {d.job_id}/{d.epm} attempt {d.attempt}, {len(complete)} EVMs already present, "
+            f"{len(d.keep())} wanted ({d.devices} devices)")
+
+    @staticmethod
+    def _batch(d: Desired) -> int:
+        return BATCH_FULL if d.devices == "full" else BATCH_LEAN
+
+    # ---- one pass -----------------------------------------------------------------------------
+    def step(self) -> None:
+        d = self.desired
+        assert d is not None
+        keep = d.keep()
+        self._delete(d, keep)
+        if self.stopping.is_set():
+            return
+        self._create(d, keep)
+        self._resend(d)
+        now = time.monotonic()
+        if now - self.last_status >= STATUS_SECONDS:
+            self.last_status = now
+            assert self.reporter is not None
+            self.reporter.status(present=len(self.present), queued=self.queued, failed=len(self.failed),
+                                 drained=d.drain and not self.present)
+
+    def _delete(self, d: Desired, keep: dict[int, Any]) -> None:
+        doomed = sorted(s for s in self.present if s not in keep)
+        size = self._batch(d)
+        for i in range(0, len(doomed), size):
+            batch = doomed[i:i + size]
+            t0 = time.monotonic()
+            try:
+                self.kernel.destroy(batch)
+            except FatalError:
+                raise
+            except Exception as exc:  # left as they are: the next pass tries again
+                log(f"deleting EVMs {batch[0]}..{batch[-1]} failed: {type(exc).__name__}: {exc}")
+                return
+            at, ms = time.time(), (time.monotonic() - t0) * 1000 / len(batch)
+            for seq in batch:
+                del self.present[seq]
+                if not d.drain:  # a drained EPM is going away: its EVMs' records are closed by the Worker
+                    self.report(seq, "DELETED", {"DELETED": at}, ms)
+            assert self.reporter is not None
+            self.reporter.flush()
+            if self.stopping.is_set():
+                return
+        for seq in d.deleting():
+            if seq not in self.present and d.evms[seq].recorded != "DELETED" and self._due(seq, "DELETED"):
+                self.report(seq, "DELETED", {"DELETED": time.time()})
+        if d.devices == "lean" and not self.present and not keep:
+            self.kernel.drop_shared_bridge()
+
+    def _create(self, d: Desired, keep: dict[int, Any]) -> None:
+        queue = [w for s, w in keep.items() if s not in self.present and s not in self.failed]
+        self.queued = len(queue)
+        self.next_due = -math.inf
+        slice_end = time.monotonic() + CREATE_SLICE
+        done = 0
+        for w in queue:
+            now = time.monotonic()
+            pacer = self.pacers.get(w.batch)
+            if pacer is None:
+                pacer = self.pacers[w.batch] = pacer_for(d.rates.get(w.batch), now)
+            due = pacer.next_start(now)
+            if due > now:
+                self.next_due = due
+                break
+            if now > slice_end or self.stopping.is_set():
+                self.next_due = now
+                break
+            pacer.take(now)
+            self._create_one(d, w)
+            done += 1
+            self.queued -= 1
+        self._accept(queue[done:])
+
+    def _create_one(self, d: Desired, w: Any) -> None:
+        started = time.time()
+        # DEPLOYING: when this agent took the EVM on; already said if it had to wait (see _accept).
+        first = {} if w.seq in self.sent else {"DEPLOYING": started}
+        try:
+            self.kernel.create(w.seq, w.ip, w.mac, d.prefix, d.gateway, d.devices)
+        except EvmError as exc:
+            self.failed[w.seq] = str(exc)
+            ended = time.time()
+            self.report(w.seq, "ERROR", {**first, "ERROR": ended}, (ended - started) * 1000, str(exc))
+            log(f"EVM {w.seq} failed: {exc}")
+        else:
+            ended = time.time()
+            self.present[w.seq] = ended
+            self.report(w.seq, "READY", {**first, "READY": ended}, (ended - started) * 1000)
+
+    def _accept(self, waiting: list[Any]) -> None:
+        """EVMs this agent holds in its queue (paced, or behind others) are DEPLOYING, said once."""
+        now = time.time()
+        for w in waiting:
+            if w.seq not in self.sent and w.recorded == "PENDING":
+                self.report(w.seq, "DEPLOYING", {"DEPLOYING": now})
+
+    def _resend(self, d: Desired) -> None:
+        """Say again what MongoDB has not recorded yet (its report was lost), at most every RESEND_SECONDS."""
+        for seq, ready_at in self.present.items():
+            w = d.evms.get(seq)
+            if w is not None and w.recorded != "READY" and not w.delete and self._due(seq, "READY"):
+                self.report(seq, "READY", {"READY": ready_at or time.time()})
+        for seq, error in self.failed.items():
+            w = d.evms.get(seq)
+            if w is not None and w.recorded not in ("ERROR", "DELETED") and self._due(seq, "ERROR"):
+                self.report(seq, "ERROR", {"ERROR": time.time()}, None, error)
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self) -> None:
+        self.start()
+        while not self.stopping.is_set():
+            self.refresh()
+            self.step()
+            assert self.reporter is not None
+            if self.reporter.due() or self.queued == 0:
+                self.reporter.flush()
+            now = time.monotonic()
+            pause = min(IDLE_WAIT, max(0.0, self.next_due - now)) if self.queued else IDLE_WAIT
+            self.wait(pause)
+        if self.reporter is not None:
+            self.reporter.close()
+
+    def watchdog(self) -> None:
+        while not self.stopping.wait(1.0):
+            busy = self.kernel.busy
+            limit = self.desired.op_timeout if self.desired else 20.0
+            if busy is not None and time.monotonic() - busy[1] > limit:
+                log(f"kernel call '{busy[0]}' has taken over {limit:g}s; exiting so that a fresh agent reconciles")
+                if self.reporter is not None:
+                    self.reporter.status(stuck=busy[0])
+                os._exit(EXIT_STUCK)
+
+
+def main() -> int:
+    state_dir = names.STATE_DIR
+    try:
+        kernel = Kernel()
+    except Exception as exc:
+        log(f"cannot open netlink or the namespace directory: {exc}")
+        return 2
+    agent = Agent(state_dir, kernel)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: agent.stopping.set())
+    threading.Thread(target=agent.watchdog, name="watchdog", daemon=True).start()
+    try:
+        agent.run()
+    except FatalError as exc:
+        log(f"fatal: {exc}")
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

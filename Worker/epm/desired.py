@@ -1,0 +1,115 @@
+"""The Worker's desired-EVM file, read and checked (a malformed file is refused, never acted on).
+
+    {"format": 1, "job_id": "...", "epm": "t1", "attempt": 0, "container": "rsw-...", "devices": "full",
+     "prefix": 24, "gateway": "10.60.0.1", "drain": false, "op_timeout": 20,
+     "rates": {"b0": {"kind": "rps", "rps": 50.0, "burst": 1}},
+     "evms": [[seq, ip, mac, batch, recorded_state, delete_requested], ...]}
+
+``evms`` lists the EPM's live EVMs as MongoDB records them: those to hold, and (delete_requested) those
+to remove. ``drain`` asks for everything to be removed before the Worker removes the container.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import names
+
+MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+STATES = {"PENDING", "DEPLOYING", "READY", "ERROR", "DELETED"}
+
+
+@dataclass(frozen=True)
+class Want:
+    seq: int
+    ip: str
+    mac: str
+    batch: str
+    recorded: str
+    delete: bool
+
+
+@dataclass
+class Desired:
+    job_id: str
+    epm: str
+    attempt: int
+    container: str
+    devices: str
+    prefix: int
+    gateway: str
+    drain: bool = False
+    op_timeout: float = 20.0
+    rates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evms: dict[int, Want] = field(default_factory=dict)
+
+    def keep(self) -> dict[int, Want]:
+        """The EVMs this EPM should hold, in creation order (batch by batch, then by number)."""
+        if self.drain:
+            return {}
+        wanted = [w for w in self.evms.values() if not w.delete and w.recorded != "ERROR"]
+        wanted.sort(key=lambda w: (int(w.batch[1:]) if w.batch[1:].isdigit() else 0, w.seq))
+        return {w.seq: w for w in wanted}
+
+    def deleting(self) -> set[int]:
+        return {w.seq for w in self.evms.values() if w.delete}
+
+
+class BadDesired(ValueError):
+    pass
+
+
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise BadDesired(what)
+
+
+def parse(doc: Any) -> Desired:
+    _need(isinstance(doc, dict) and doc.get("format") == names.FORMAT, "not a desired-EVM file of format 1")
+    for key, kind in (("job_id", str), ("epm", str), ("container", str), ("devices", str), ("gateway", str)):
+        _need(isinstance(doc.get(key), kind), f"{key} missing or not a {kind.__name__}")
+    _need(doc["devices"] in ("full", "lean"), "devices must be full or lean")
+    _need(isinstance(doc.get("attempt"), int) and doc["attempt"] >= 0, "attempt must be an integer >= 0")
+    _need(isinstance(doc.get("prefix"), int) and 8 <= doc["prefix"] <= 30, "prefix must be 8..30")
+    ipaddress.IPv4Address(doc["gateway"])
+    rates = doc.get("rates") or {}
+    _need(isinstance(rates, dict) and all(isinstance(v, dict) for v in rates.values()), "rates must map to objects")
+    timeout = doc.get("op_timeout", 20.0)
+    _need(isinstance(timeout, int | float) and timeout > 0, "op_timeout must be > 0")
+    evms: dict[int, Want] = {}
+    raw = doc.get("evms")
+    _need(isinstance(raw, list), "evms must be a list")
+    for item in raw:
+        _need(isinstance(item, list) and len(item) == 6, "each EVM is [seq, ip, mac, batch, state, delete]")
+        seq, ip, mac, batch, state, delete = item
+        _need(isinstance(seq, int) and 1 <= seq <= names.MAX_SEQ, f"bad EVM number {seq!r}")
+        ipaddress.IPv4Address(ip)
+        _need(isinstance(mac, str) and bool(MAC.match(mac)), f"bad MAC {mac!r}")
+        _need(isinstance(batch, str) and isinstance(state, str) and state in STATES, f"bad batch/state for {seq}")
+        _need(isinstance(delete, bool), f"bad delete flag for {seq}")
+        evms[seq] = Want(seq, ip, mac, batch, state, delete)
+    return Desired(job_id=doc["job_id"], epm=doc["epm"], attempt=doc["attempt"], container=doc["container"],
+                   devices=doc["devices"], prefix=doc["prefix"], gateway=doc["gateway"], drain=bool(doc.get("drain")),
+                   op_timeout=float(timeout), rates=rates, evms=evms)
+
+
+def load(path: str) -> Desired:
+    try:
+        with open(path, "rb") as f:
+            return parse(json.load(f))
+    except (OSError, ValueError) as exc:
+        raise BadDesired(f"{path}: {exc}") from None
+
+
+def stamp(path: str) -> tuple[int, int, int] | None:
+    """Changes whenever the Worker replaces the file (it writes a new file and renames it over)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)

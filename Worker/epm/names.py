@@ -1,0 +1,68 @@
+"""Names and paths shared by the agent and the Worker side of the EPM link.
+
+Every kernel object the agent makes carries a project prefix and the EVM's number within its job, so a
+restarted agent finds its own objects (and only those) by name.
+"""
+
+from __future__ import annotations
+
+import os
+
+FORMAT = 1  # of the desired file and of the reports
+
+STATE_DIR = os.environ.get("RSWARM_EPM_DIR", "/run/rswarm")  # the Worker's per-EPM directory, bind-mounted
+DESIRED_FILE = "desired.json"  # written by the Worker (atomically), read by the agent
+WORKER_SOCK = "worker.sock"  # datagram socket bound by the Worker: the agent's reports
+AGENT_SOCK = "agent.sock"  # datagram socket bound by the agent: the Worker's "look again" nudges
+
+NETNS_DIR = "/run/netns"
+NS_PREFIX = "rswevm-"
+VETH_PREFIX = "rswv"  # the EPM side of the EVM's veth pair (the EVM side is eth0 in its namespace)
+TAP_PREFIX = "rswt"
+BRIDGE_PREFIX = "rswb"
+SHARED_BRIDGE = "rswbr0"  # lean device set: every EVM's veth is a port of this one bridge
+EVM_IFNAME = "eth0"
+DOOMED_GROUP = 0x72737701  # links being deleted together (one RTM_DELLINK for the whole group)
+
+# EPM-side links get fixed interface indexes derived from the EVM number, so no lookup is needed to
+# enslave or bring them up. Far above what the kernel hands out on its own.
+INDEX_BASE = 1 << 30
+MAX_SEQ = (2**31 - 1 - INDEX_BASE) // 2 - 1
+
+
+def ns_name(seq: int) -> str:
+    return f"{NS_PREFIX}{seq}"
+
+
+def ns_path(seq: int) -> str:
+    return os.path.join(NETNS_DIR, ns_name(seq))
+
+
+def veth_name(seq: int) -> str:
+    return f"{VETH_PREFIX}{seq}"
+
+
+def tap_name(seq: int) -> str:
+    return f"{TAP_PREFIX}{seq}"
+
+
+def bridge_name(seq: int) -> str:
+    return f"{BRIDGE_PREFIX}{seq}"
+
+
+def bridge_index(seq: int) -> int:
+    return INDEX_BASE + 2 * seq
+
+
+def veth_index(seq: int) -> int:
+    return INDEX_BASE + 2 * seq + 1
+
+
+def seq_of(name: str, prefix: str) -> int | None:
+    """The EVM number in one of our names, or None if the name is not one of ours."""
+    if not name.startswith(prefix):
+        return None
+    rest = name[len(prefix):]
+    if not rest.isdigit() or rest.startswith("0"):
+        return None
+    return int(rest)

@@ -1,0 +1,292 @@
+"""The Worker's EVM side: each EPM's directory, desired-EVM file and reports, kept in step with MongoDB.
+
+For every EPM container on this node (a task whose document carries ``evms``) the Worker
+  * before creating the container: builds the EPM image if needed, opens the EPM's directory, re-binds
+    the EPM's EVM records to this attempt, and writes the desired file the agent starts from;
+  * while it runs: rewrites the desired file when the EPM's generation in MongoDB moves (EVMs added or
+    deleted; polled every ``worker.evm_poll_seconds``) and every ``worker.evm_resync_seconds`` (so the
+    recorded states the agent compares against stay fresh), and relays the agent's reports to Discovery
+    in its signed envelope ("evm_status");
+  * before removing a running EPM of the full device set: asks the agent to drain its EVMs first, in
+    small batches. The kernel deletes a bridge in one RCU grace period while holding the global RTNL
+    lock; removing the container with thousands of per-EVM bridges would stall every netlink user on
+    the node (Docker included) for the whole teardown;
+  * once its container is gone: tells Discovery ("epm_removed"), which closes the EPM's EVM records if
+    the task is over for good, and removes the directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import select
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from Common.config import Config
+from Common.messaging import Sender
+from Common.store import Store
+from Common.store.jobs import container_name
+from Worker import epm_image
+from Worker.epm_link import BadReport, EpmLink, desired_doc, parse_report, read_meta
+
+log = logging.getLogger(__name__)
+
+EPM_MOUNT = "/run/rswarm"
+LABEL_EPM = "rswarm.epm"
+RELAY_CHUNK = 100  # EVM outcomes per evm_status message,
+RELAY_BYTES = 40_000  # and their size: well under the envelope's 64 KiB frame limit
+DRAIN_MIN = 16  # full-set EPMs holding fewer EVMs are removed at once
+# No IPv6 on the EPM's own devices (per-EVM bridges, taps, veth ends): with it, each of them adds an fe80::/64
+# and an ff00::/8 route to the EPM's one IPv6 table, where routes to the same prefix form a list that every
+# insertion walks, so creating the n-th EVM cost O(n). The EVMs' own namespaces keep IPv6.
+EPM_SYSCTLS = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
+DRAIN_BASE_SECONDS = 15.0
+DRAIN_PER_EVM_SECONDS = 0.05
+
+
+@dataclass
+class Tracked:
+    link: EpmLink
+    job_id: str
+    epm: str
+    attempt: int
+    cfg: dict[str, Any]
+    gen: int = -1
+    digest: str = ""
+    written_at: float = 0.0
+    status: dict[str, Any] = field(default_factory=dict)
+    drain_until: float | None = None
+    last_health: float = 0.0
+
+
+def is_epm(t: dict[str, Any]) -> bool:
+    return bool(t.get("evms"))
+
+
+class EvmSync:
+    def __init__(self, cfg: Config, store: Store, api: docker.APIClient, reports: Sender, node: str,
+                 wake: Callable[[], None]) -> None:
+        self.cfg, self.store, self.api, self.reports, self.node, self.wake = cfg, store, api, reports, node, wake
+        self.root = cfg.run_path / "epm"
+        self.tracked: dict[str, Tracked] = {}  # by container name
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.kick = threading.Event()
+        self._swept = False
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for target, name in ((self._relay, "evm-relay"), (self._syncer, "evm-sync")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.kick.set()
+
+    # ---- before the container is created -----------------------------------------------------
+    def container_options(self, job: dict[str, Any], name: str, t: dict[str, Any]) -> dict[str, Any] | None:
+        """What an EPM container needs beyond a task's (None for other tasks). Raises ImageError."""
+        if not is_epm(t):
+            return None
+        image = epm_image.ensure(self.api)
+        tr = self.track(job["_id"], name, t)
+        return {
+            "image": image,
+            "binds": {str(tr.link.dir): {"bind": EPM_MOUNT, "mode": "rw"}},
+            "cap_add": ["NET_ADMIN", "SYS_ADMIN"],  # SYS_ADMIN: namespaces are bind-mounted to persist
+            "devices": ["/dev/net/tun:/dev/net/tun:rwm"],
+            "sysctls": EPM_SYSCTLS,
+            "labels": {LABEL_EPM: "1"},
+            "environment": {"RSWARM_EPM_DIR": EPM_MOUNT},
+        }
+
+    def track(self, job_id: str, epm: str, t: dict[str, Any]) -> Tracked:
+        cname = container_name(job_id, epm, t["attempt"])
+        with self.lock:
+            tr = self.tracked.get(cname)
+            if tr is None:
+                link = EpmLink(self.root, cname)
+                link.open({"job_id": job_id, "epm": epm, "attempt": t["attempt"], "node": self.node})
+                tr = Tracked(link, job_id, epm, t["attempt"], t["evms"])
+                self.tracked[cname] = tr
+        if t["attempt"] > 0:
+            moved = self.store.evms.adopt(job_id, epm, t["attempt"])
+            if moved:
+                log.info("%s/%s: %d EVMs re-bound to attempt %d", job_id, epm, moved, t["attempt"])
+        self.write(tr, force=True)
+        return tr
+
+    # ---- the desired file ---------------------------------------------------------------------
+    def write(self, tr: Tracked, force: bool = False) -> None:
+        records = self.store.evms.for_epm(tr.job_id, tr.epm)
+        rates = self.store.evms.rates_for(tr.job_id, tr.epm)
+        doc = desired_doc(tr.job_id, tr.epm, tr.attempt, tr.link.container, tr.cfg, records, rates,
+                          tr.drain_until is not None, self.cfg.worker.evm_op_timeout_seconds)
+        digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+        tr.written_at = time.monotonic()
+        if force or digest != tr.digest:
+            tr.link.write_desired(doc)
+            tr.digest = digest
+
+    def _syncer(self) -> None:
+        while not self.stopping.is_set():
+            self.kick.wait(self.cfg.worker.evm_poll_seconds)
+            self.kick.clear()
+            try:
+                self.sync_once()
+            except Exception:
+                log.exception("EVM sync pass failed; retrying")
+
+    def sync_once(self) -> None:
+        with self.lock:
+            tracked = list(self.tracked.values())
+        if not tracked:
+            return
+        gens = self.store.evms.gens(sorted({tr.job_id for tr in tracked}))
+        now = time.monotonic()
+        for tr in tracked:
+            gen = gens.get(tr.job_id, {}).get(tr.epm, 0)
+            stale = now - tr.written_at >= self.cfg.worker.evm_resync_seconds
+            if gen != tr.gen or stale:
+                tr.gen = gen
+                self.write(tr)
+
+    # ---- the agents' reports ------------------------------------------------------------------
+    def _relay(self) -> None:
+        while not self.stopping.is_set():
+            with self.lock:
+                socks = {tr.link.sock: tr for tr in self.tracked.values() if tr.link.sock is not None}
+            if not socks:
+                self.stopping.wait(0.2)
+                continue
+            try:
+                ready, _, _ = select.select(list(socks), [], [], 0.2)
+            except (OSError, ValueError):  # a socket closed under us: take the new list
+                continue
+            for sock in ready:
+                tr = socks[sock]
+                for data in tr.link.receive():
+                    self._relay_one(tr, data)
+            self._check_health(list(socks.values()))
+
+    def _relay_one(self, tr: Tracked, data: bytes) -> None:
+        try:
+            doc = parse_report(data)
+        except BadReport as exc:
+            log.warning("EPM %s sent a bad report: %s", tr.link.container, exc)
+            return
+        if doc["attempt"] != tr.attempt:
+            return
+        chunk: list[list[Any]] = []
+        size = 0
+        for item in doc.get("items") or []:
+            chunk.append(item)
+            size += len(json.dumps(item))
+            if len(chunk) >= RELAY_CHUNK or size >= RELAY_BYTES:
+                self._send_items(tr, doc["host"], chunk)
+                chunk, size = [], 0
+        if chunk:
+            self._send_items(tr, doc["host"], chunk)
+        if doc.get("status") is not None:
+            tr.status = {**doc["status"], "at": time.monotonic()}
+            if tr.drain_until is not None and tr.status.get("drained"):
+                self.wake()
+
+    def _send_items(self, tr: Tracked, host: dict[str, str], items: list[list[Any]]) -> None:
+        self.reports.send("evm_status", {"job_id": tr.job_id, "epm": tr.epm, "attempt": tr.attempt, "node": self.node,
+                                         "container": tr.link.container, "host": host, "items": items})
+
+    def _check_health(self, tracked: list[Tracked]) -> None:
+        now = time.monotonic()
+        for tr in tracked:
+            if now - tr.last_health >= 2.0:
+                tr.last_health = now
+                if not tr.link.healthy():
+                    log.warning("EPM %s: its report socket vanished; binding it again", tr.link.container)
+                    with contextlib.suppress(OSError):
+                        tr.link.rebind()
+
+    # ---- the Worker's reconcile pass -----------------------------------------------------------
+    def hold_removal(self, container: str) -> bool:
+        """True while a running EPM drains its EVMs before its container may be removed."""
+        with self.lock:
+            tr = self.tracked.get(container)
+        if tr is None or tr.cfg.get("devices") != "full":
+            return False
+        present = int(tr.status.get("present") or 0)
+        if tr.drain_until is None:
+            if present < DRAIN_MIN:
+                return False
+            tr.drain_until = time.monotonic() + DRAIN_BASE_SECONDS + present * DRAIN_PER_EVM_SECONDS
+            log.info("EPM %s: draining %d EVMs before it is removed", container, present)
+            self.write(tr, force=True)
+            return True
+        fresh = time.monotonic() - float(tr.status.get("at", 0.0)) < 5.0
+        if fresh and tr.status.get("drained"):
+            return False
+        if time.monotonic() > tr.drain_until:
+            log.warning("EPM %s: drain did not finish in time; removing it anyway", container)
+            return False
+        return True
+
+    def observe(self, epm_containers: dict[str, tuple[str, str, int, dict[str, Any]]]) -> None:
+        """Called each Worker pass with this node's EPM containers: name -> (job, task, attempt, task doc).
+
+        Tracks those not tracked yet (a restarted Worker) and finishes those whose container is gone.
+        """
+        for cname, (job_id, epm, attempt, t) in epm_containers.items():
+            if cname not in self.tracked and is_epm(t) and t.get("attempt") == attempt:
+                self.track(job_id, epm, t)
+        with self.lock:
+            gone = [tr for name, tr in self.tracked.items() if name not in epm_containers and tr.written_at
+                    and time.monotonic() - tr.written_at > 1.0]
+        for tr in gone:
+            if self._container_exists(tr.link.container):
+                continue  # created a moment ago; the engine's list did not show it yet
+            self.finish(tr.link.container, tr.job_id, tr.epm, tr.attempt)
+        if not self._swept:
+            self._swept = True
+            self._sweep_dirs(set(epm_containers))
+
+    def _container_exists(self, name: str) -> bool:
+        try:
+            self.api.inspect_container(name)
+            return True
+        except docker.errors.NotFound:
+            return False
+
+    def finish(self, cname: str, job_id: str, epm: str, attempt: int) -> None:
+        self.reports.send("epm_removed", {"job_id": job_id, "epm": epm, "attempt": attempt, "node": self.node,
+                                          "at": time.time(), "reason": "its EPM container was removed"})
+        with self.lock:
+            tr = self.tracked.pop(cname, None)
+        if tr is not None:
+            tr.link.close()
+        else:
+            EpmLink(self.root, cname).close()
+        log.info("EPM %s is gone; its directory removed", cname)
+
+    def _sweep_dirs(self, alive: set[str]) -> None:
+        """Directories of EPMs that vanished while this Worker was down."""
+        for d in self.root.iterdir() if self.root.exists() else []:
+            if not d.is_dir() or d.name in alive or d.name in self.tracked:
+                continue
+            meta = read_meta(d)
+            if meta and not self._container_exists(d.name):
+                self.finish(d.name, meta.get("job_id", ""), meta.get("epm", ""), int(meta.get("attempt", 0)))
+
+
+def epm_root(cfg: Config) -> Path:
+    return cfg.run_path / "epm"

@@ -1,0 +1,312 @@
+"""A real EPM container driven directly, playing the Worker's part: for agent tests and benchmarks.
+
+The container runs the EPM image (the agent under its supervisor) with the capabilities, the tun
+device and a per-EPM directory exactly as the Worker gives them; the harness writes the desired file and
+reads the agent's reports through ``Worker.epm_link``. Containers are labelled ``rswarm.evmtest`` and
+named with a prefix, so leftovers of a crashed run are removed by ``remove_leftovers``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from Common.evmspec import mac_for
+from Worker import epm_image
+from Worker.epm_link import BadReport, EpmLink, desired_doc, parse_report
+from Worker.evms import EPM_SYSCTLS
+
+LABEL = "rswarm.evmtest"  # its value: "<boot id>:<pid>" of the process that made the container
+PREFIX = "rswevmtest-"
+
+INSPECT = r"""
+import json, os
+from pyroute2 import IPRoute
+ipr = IPRoute()
+links = [(l.get_attr('IFLA_IFNAME'), l['flags'] & 1, l.get_attr('IFLA_MASTER') or 0) for l in ipr.get_links()]
+ns = sorted(os.listdir('/run/netns')) if os.path.isdir('/run/netns') else []
+print(json.dumps({'links': links, 'netns': ns}))
+"""
+
+# Light enough for an EPM holding tens of thousands of links (a pyroute2 dump of them would need more
+# memory than the EPM has to spare): names only, from sysfs, which shows the container's namespace.
+COUNT = r"""
+import json, os
+names = os.listdir('/sys/class/net')
+count = {p: sum(1 for n in names if n.startswith(p) and n[len(p):].isdigit()) for p in ('rswv', 'rswt', 'rswb')}
+count['other'] = len(names) - sum(count.values())
+count['netns'] = len(os.listdir('/run/netns')) if os.path.isdir('/run/netns') else 0
+print(json.dumps(count))
+"""
+
+PING = r"""
+import os, socket, struct, sys, time
+src, dst = sys.argv[1], sys.argv[2]
+fd = os.open('/run/netns/' + src, os.O_RDONLY)
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.setns(fd, 0x40000000) != 0:
+    raise SystemExit('setns failed')
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(2.0)
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    t = sum(struct.unpack('!%dH' % (len(b) // 2), b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
+    return ~t & 0xffff
+ok = 0
+for i in range(3):
+    hdr = struct.pack('!BBHHH', 8, 0, 0, 0x4242, i) + b'rswarm-ping'
+    pkt = hdr[:2] + struct.pack('!H', csum(hdr)) + hdr[4:]
+    s.sendto(pkt, (dst, 0))
+    try:
+        while True:
+            data, addr = s.recvfrom(2048)
+            ihl = (data[0] & 0xf) * 4
+            if addr[0] == dst and data[ihl] == 0:
+                ok += 1
+                break
+    except socket.timeout:
+        pass
+print(ok)
+"""
+
+
+def client() -> docker.DockerClient:
+    return docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=120)
+
+
+def _owner() -> str:
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return f"{boot}:{os.getpid()}"
+
+
+def _alive(owner: str) -> bool:
+    boot, _, pid = owner.partition(":")
+    if boot != _owner().partition(":")[0] or not pid.isdigit():
+        return False
+    return Path(f"/proc/{pid}").exists()
+
+
+def remove_leftovers() -> None:
+    """Containers (and directories) of harness runs whose process is gone; never a live run's."""
+    c = client()
+    dead: set[str] = set()
+    for cont in c.containers.list(all=True, filters={"label": LABEL}):
+        if not _alive(cont.labels.get(LABEL, "")):
+            dead.add(cont.name)
+            with contextlib.suppress(docker.errors.APIError):
+                cont.remove(force=True)
+    live = {cont.name for cont in c.containers.list(all=True, filters={"label": LABEL})}
+    for d in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
+        if not any(d.name.startswith(name) for name in live):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def addresses(n: int, subnet: str = "10.77.0.0/16", first: int = 1) -> list[tuple[int, str, str]]:
+    """EVM number, address and MAC for ``n`` EVMs of a test subnet (gateway = .1)."""
+    net = ipaddress.IPv4Network(subnet)
+    out = []
+    for i in range(n):
+        seq = first + i
+        ip = str(net.network_address + 1 + seq)
+        out.append((seq, ip, mac_for("harness", ip)))
+    return out
+
+
+class EpmContainer:
+    def __init__(self, devices: str = "full", mem: str = "256m", cpuset: str | None = None,
+                 subnet: str = "10.77.0.0/16", op_timeout: float = 20.0) -> None:
+        self.devices, self.subnet, self.op_timeout = devices, ipaddress.IPv4Network(subnet), op_timeout
+        self.name = PREFIX + secrets.token_hex(4)
+        self.root = Path(tempfile.mkdtemp(prefix=self.name + "-"))
+        self.link = EpmLink(self.root, self.name)
+        self.link.open({"container": self.name, "test": True})
+        self.evms: dict[int, tuple[str, str]] = {}
+        self.delete: set[int] = set()
+        self.rates: dict[str, dict[str, Any]] = {}
+        self.batch_of: dict[int, str] = {}
+        self.recorded: dict[int, str] = {}
+        self.drain = False
+        self.written_at = 0.0
+        self.reports: list[dict[str, Any]] = []
+        self.bad: list[str] = []
+        self.write()
+        self.docker = client()
+        kwargs: dict[str, Any] = {}
+        if cpuset:
+            kwargs["cpuset_cpus"] = cpuset
+        self.container = self.docker.containers.run(
+            epm_image.ensure(self.docker.api), name=self.name, detach=True, labels={LABEL: _owner()},
+            cap_add=["NET_ADMIN", "SYS_ADMIN"], devices=["/dev/net/tun:/dev/net/tun:rwm"],
+            volumes={str(self.link.dir): {"bind": "/run/rswarm", "mode": "rw"}},
+            mem_limit=mem, memswap_limit=mem, network_mode="none", sysctls=EPM_SYSCTLS, **kwargs)
+
+    # ---- the Worker's part --------------------------------------------------------------------
+    def write(self) -> None:
+        # Like the Worker: only live records (a DELETED one is gone from the desired set).
+        records = [{"seq": s, "ip": ip, "mac": mac, "batch": self.batch_of.get(s, "b0"),
+                    "state": self.recorded.get(s, "PENDING"), "delete_requested": s in self.delete}
+                   for s, (ip, mac) in sorted(self.evms.items()) if self.recorded.get(s) != "DELETED"]
+        cfg = {"devices": self.devices, "prefix": self.subnet.prefixlen,
+               "gateway": str(self.subnet.network_address + 1)}
+        self.link.write_desired(desired_doc("harness", "epm", 0, self.name, cfg, records, self.rates, self.drain,
+                                            self.op_timeout))
+        self.written_at = time.monotonic()
+
+    def want(self, evms: list[tuple[int, str, str]], batch: str = "b0", rate: dict[str, Any] | None = None) -> None:
+        if rate is not None:
+            self.rates[batch] = rate
+        for seq, ip, mac in evms:
+            self.evms[seq] = (ip, mac)
+            self.batch_of[seq] = batch
+        self.write()
+
+    def remove(self, seqs: list[int]) -> None:
+        self.delete |= set(seqs)
+        self.write()
+
+    def forget(self, seqs: list[int]) -> None:
+        """Drop from the desired file altogether (as once their records are DELETED)."""
+        for s in seqs:
+            self.evms.pop(s, None)
+            self.delete.discard(s)
+        self.write()
+
+    def pump(self) -> list[dict[str, Any]]:
+        new = []
+        for data in self.link.receive():
+            try:
+                doc = parse_report(data)
+            except BadReport as exc:
+                self.bad.append(str(exc))
+                continue
+            new.append(doc)
+            for seq, state, *_ in doc.get("items", []):
+                self.recorded[seq] = state
+        self.reports.extend(new)
+        if time.monotonic() - self.written_at >= 2.0:  # as the Worker refreshes the recorded states
+            self.write()
+        return new
+
+    def items(self) -> list[list[Any]]:
+        return [it for r in self.reports for it in r.get("items", [])]
+
+    def last_state(self) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for seq, state, *_ in self.items():
+            out[seq] = state
+        return out
+
+    def status(self) -> dict[str, Any] | None:
+        for r in reversed(self.reports):
+            if "status" in r:
+                return r["status"]
+        return None
+
+    def wait(self, what: str, check: Any, timeout: float = 120.0) -> Any:
+        deadline = time.monotonic() + timeout
+        next_look = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            self.pump()
+            result = check()
+            if result:
+                return result
+            if time.monotonic() >= next_look:
+                next_look = time.monotonic() + 2.0
+                self.container.reload()
+                if self.container.status != "running":
+                    raise AssertionError(f"the EPM container is {self.container.status} while waiting for {what}; "
+                                         f"logs:\n{self.logs()}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; logs:\n{self.logs()}")
+
+    def wait_states(self, seqs: list[int], state: str, timeout: float = 120.0) -> dict[int, str]:
+        want = set(seqs)
+
+        def check() -> dict[int, str] | None:
+            states = self.last_state()
+            return states if all(states.get(q) == state for q in want) else None
+
+        return self.wait(f"{len(want)} EVMs {state}", check, timeout)
+
+    # ---- looking inside -----------------------------------------------------------------------
+    def exec(self, *argv: str) -> str:
+        res = self.container.exec_run(list(argv))
+        out = res.output.decode(errors="replace")
+        if res.exit_code != 0:
+            raise AssertionError(f"{argv[:3]} exited {res.exit_code}: {out}")
+        return out
+
+    def inspect(self) -> dict[str, Any]:
+        return json.loads(self.exec("python3", "-c", INSPECT))
+
+    def counts(self) -> dict[str, int]:
+        return json.loads(self.exec("python3", "-c", COUNT))
+
+    def ping(self, src_seq: int, dst_ip: str) -> int:
+        return int(self.exec("python3", "-c", PING, f"rswevm-{src_seq}", dst_ip).strip())
+
+    def in_evm(self, seq: int, code: str) -> str:
+        """Run Python inside EVM ``seq``'s namespace (after setns) and return its output."""
+        prologue = (f"import ctypes, os; fd = os.open('/run/netns/rswevm-{seq}', os.O_RDONLY); "
+                    "assert ctypes.CDLL(None).setns(fd, 0x40000000) == 0\n")
+        return self.exec("python3", "-c", prologue + code)
+
+    def agent_pid(self) -> int | None:
+        """The host pid of the agent process (not its supervisor)."""
+        top = self.container.top(ps_args="-eo pid,args")
+        for pid, args in ((row[0], row[-1]) for row in top["Processes"]):
+            if "epm.agent" in args:
+                return int(pid)
+        return None
+
+    def kill_agent(self) -> int:
+        pid = self.agent_pid()
+        assert pid is not None, "no agent process"
+        os.kill(pid, 9)
+        return pid
+
+    def memory_usage(self) -> int:
+        """Bytes charged to the container's memory cgroup (cgroup v1)."""
+        cid = self.container.id
+        for base in (f"/sys/fs/cgroup/memory/docker/{cid}", f"/sys/fs/cgroup/memory/system.slice/docker-{cid}.scope"):
+            with contextlib.suppress(FileNotFoundError):
+                return int(Path(base, "memory.usage_in_bytes").read_text())
+        raise FileNotFoundError("memory cgroup of the container")
+
+    def logs(self) -> str:
+        try:
+            return self.container.logs(tail=40).decode(errors="replace")
+        except docker.errors.APIError:
+            return ""
+
+    def close(self, drain_timeout: float = 1800.0) -> None:
+        """Remove the container; first let the agent drain its EVMs, as the Worker does (Worker/evms.py):
+        removing an EPM with thousands of per-EVM bridges at once holds the kernel's RTNL lock for minutes."""
+        with contextlib.suppress(Exception):
+            self.container.reload()
+            status = self.status() or {}
+            if self.container.status == "running" and int(status.get("present") or 0) >= 16:
+                self.drain = True
+                self.write()
+                self.wait("the agent to drain", lambda: (self.status() or {}).get("drained"), drain_timeout)
+        with contextlib.suppress(docker.errors.APIError):
+            self.container.remove(force=True)
+        self.link.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> EpmContainer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
