@@ -545,8 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     c_up.add_argument("--subnet", default="10.77.0.0/24", help="the hosts' private subnet (default 10.77.0.0/24)")
     c_up.add_argument("--experimental", action="store_true", help="dockerd --experimental (checkpoints)")
     c_up.add_argument("--no-system", action="store_true", help="only the hosts; do not run `up` on them")
-    c_up.add_argument("--images", default=",".join(["rswarm/task:1", "rswarm/epm-base:1"]),
-                      help="comma-separated local images to load into every worker host")
+    c_up.add_argument("--images", default="rswarm/task:1,epm",
+                      help="comma-separated local images to load into every worker host; 'epm' is the EPM "
+                           "image of this checkout (default: rswarm/task:1,epm)")
     csub.add_parser("down", help="stop the system and remove every host, bridge, rule, daemon and directory")
     c_status = csub.add_parser("status", help="hosts, daemons, Swarm membership, Worker processes")
     c_status.add_argument("--json", action="store_true")

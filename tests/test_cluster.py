@@ -69,7 +69,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, system) -> Iterator[Cluste
     env = _env(run_dir)
     emulated.remove(TAG)  # leftovers of a crashed earlier run
     t0 = time.monotonic()
-    r = _mgmt(["cluster", "up", "--workers", "3", "--tag", TAG, "--subnet", SUBNET, "--images", "rswarm/task:1",
+    r = _mgmt(["cluster", "up", "--workers", "3", "--tag", TAG, "--subnet", SUBNET, "--images", "rswarm/task:1,epm",
                "--experimental"], env)
     assert r.returncode == 0, r.stdout + r.stderr
     c = Cluster(run_dir, env, time.monotonic() - t0)
@@ -315,6 +315,43 @@ def test_a_failed_restore_leaves_the_task_running_and_the_claims_consistent(clus
         cluster.docker(target, "rmi", "rswarm/task:keep")
     api.delete(f"/jobs/{job_id}")
     api.wait_state(job_id, "CANCELLED", timeout=120)
+
+
+def test_an_epm_with_evms_migrates_with_the_same_evms(cluster: Cluster) -> None:
+    """CRIU cannot dump network namespaces: the EPM is re-created on the target and its EVMs from their
+    records, with the same names, addresses and MACs."""
+    api = cluster.api
+    job_id = api.submit({"job_info": {"evms": {"count": 4, "subnet": "10.82.0.0/24", "devices": "lean"},
+                                      "tasks": {"e0": {"req_cores": 1}}}})
+
+    def ready(n: int):
+        s = api.get(f"/jobs/{job_id}/evms/summary").json()
+        return s if s["ready"] == n and s["wanted"] == n else None
+
+    wait_for("4 EVMs READY", lambda: ready(4), 240)
+    before = {e["name"]: e for e in api.get(f"/jobs/{job_id}/evms", params={"limit": 100}).json()["items"]}
+    source = api.job(job_id)["tasks"]["e0"]["node"]
+    r = api.post(f"/jobs/{job_id}/tasks/e0/checkpoints")
+    assert r.status_code == 422 and "network namespaces" in r.json()["error"]["message"]
+    r = api.post(f"/jobs/{job_id}/tasks/e0/migrate", json={"target": "any"})
+    assert r.status_code == 202, r.text
+    m = _migration(api, r.json()["id"], {"DONE", "FAILED"})
+    assert m["state"] == "DONE" and m["mode"] == "recreate", (m["reason"], m)
+    t = api.job(job_id)["tasks"]["e0"]
+    assert t["node"] != source
+
+    def moved() -> dict | None:
+        items = {e["name"]: e for e in api.get(f"/jobs/{job_id}/evms", params={"limit": 100}).json()["items"]}
+        ok = all(e["state"] == "READY" and e["node"] == t["node"] for e in items.values())
+        return items if ok and len(items) == 4 else None
+
+    after = wait_for("the EVMs READY on the target", moved, 240)
+    assert {n: (e["ip"], e["mac"]) for n, e in after.items()} == {n: (e["ip"], e["mac"]) for n, e in before.items()}
+    netns = json.loads(cluster.docker(t["node"], "exec", t["container_name"], "python3", "-c",
+                                      "import os, json; print(json.dumps(os.listdir('/run/netns')))"))
+    assert len(netns) == 4
+    api.delete(f"/jobs/{job_id}")
+    api.wait_state(job_id, "CANCELLED", timeout=180)
 
 
 def test_group_migration_reports_per_item(cluster: Cluster) -> None:
