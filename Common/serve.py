@@ -9,6 +9,9 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+# Longer than any client of ours keeps a connection idle (Common.http.DEFAULT_MAX_IDLE).
+KEEPALIVE_SECONDS = 15
+
 
 class _App(BaseApplication):
     def __init__(self, factory: Callable[[], Flask], options: dict[str, Any]) -> None:
@@ -34,7 +37,7 @@ def serve(factory: Callable[[], Flask], host: str, port: int, workers: int, thre
         "proc_name": name,
         "timeout": 60,
         "graceful_timeout": 5,
-        "keepalive": 5,
+        "keepalive": KEEPALIVE_SECONDS,
         "accesslog": None,
         "errorlog": "-",
         "loglevel": "warning",

@@ -7,13 +7,15 @@ import logging
 
 import requests
 
+from Common import http
+
 log = logging.getLogger(__name__)
 
 
 class GMClient:
     def __init__(self, base_url: str, token: str, timeout: float = 5.0) -> None:
         self.base = base_url.rstrip("/") + "/api/v1"
-        self.session = requests.Session()
+        self.session = http.Session()
         self.session.headers["Authorization"] = f"Bearer {token}"
         self.timeout = timeout
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import requests
 
+from Common import http
+
 
 @dataclass
 class Reply:
@@ -29,7 +31,7 @@ class FrontEnd:
     def session(self) -> requests.Session:
         s = getattr(self._local, "session", None)
         if s is None:
-            s = requests.Session()
+            s = http.Session()
             s.headers["Authorization"] = f"Bearer {self.token}"
             self._local.session = s
         return s

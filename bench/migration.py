@@ -22,9 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from Common import http  # noqa: E402
+
 WORKLOADS = {
     "small (busybox counter)": {"image": "rswarm/task:1", "mem_limit": "64m",
                                 "command": ["sh", "-c", "i=0; while true; do i=$((i+1)); sleep 0.2; done"]},
@@ -64,7 +66,7 @@ def _wait(check, what: str, timeout: float = 300.0):
 def run(env: dict[str, str], repeat: int) -> dict[str, list[dict[str, float]]]:
     base = f"http://127.0.0.1:{env['RSWARM_FRONTEND_PORT']}/api/v1"
     token = (Path(env["RSWARM_RUN_DIR"]) / "api_token").read_text().strip()
-    s = requests.Session()
+    s = http.Session()
     s.headers["Authorization"] = f"Bearer {token}"
     results: dict[str, list[dict[str, float]]] = {}
     for label, task in WORKLOADS.items():

@@ -10,6 +10,8 @@ from typing import Any
 import docker
 import requests
 
+from Common import http
+
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
 
@@ -29,7 +31,7 @@ class Api:
     def __init__(self, base: str, token: str) -> None:
         self.base = base.rstrip("/") + "/api/v1"
         self.token = token
-        self.s = requests.Session()
+        self.s = http.Session()
 
     def headers(self, auth: bool = True) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if auth else {}

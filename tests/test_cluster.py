@@ -232,33 +232,38 @@ def test_migrating_a_counter_continues_where_it_stopped_on_another_node(cluster:
     api = cluster.api
     job_id = api.submit(task_job({"t": {"image": "rswarm/task:1", "command": COUNTER, "req_cores": 1,
                                         "mem_limit": "64m"}}))
-    first = wait_for("the counter to run", lambda: _running_on(api, job_id), 120)["tasks"]["t"]
-    source = first["node"]
-    time.sleep(3)  # let it count
-    target = next(h.name for h in cluster.spec.workers if h.name != source)
-    r = api.post(f"/jobs/{job_id}/tasks/t/migrate", json={"target": target})
-    assert r.status_code == 202, r.text
-    m = _migration(api, r.json()["id"], {"DONE", "FAILED"})
-    assert m["state"] == "DONE", (m["reason"], m)
-    job = api.job(job_id)
-    t = job["tasks"]["t"]
-    assert t["node"] == target and t["attempt"] == first["attempt"] + 1 and t["state"] == "RUNNING"
-    # On the target's own engine: the target's cores and memory limit, and the count goes on.
-    host = json.loads(cluster.docker(target, "inspect", t["container_id"]))[0]["HostConfig"]
-    assert host["CpusetCpus"] == t["cpuset"] and host["Memory"] == 64 * 2**20
-    time.sleep(1.5)
-    restored = _counts(cluster.docker(target, "logs", t["container_id"]))
-    assert restored and restored[0] >= 10, restored[:5]  # it did not start again from 0
-    assert restored == list(range(restored[0], restored[0] + len(restored)))  # and it keeps counting
-    assert set(m["timings"]) >= {"checkpoint_s", "upload_s", "download_s", "restore_s"}
-    # The source's container is removed and its claim released; the target holds exactly one claim.
-    wait_for("the source container to go", lambda: job_id not in cluster.docker(source, "ps", "-a", "--format",
-                                                                                 "{{.Names}}"), 60)
-    workers = {w["id"]: w for w in api.get("/workers").json()["items"]}
-    assert workers[source]["free_core_count"] == workers[source]["capacity_cores"]
-    assert workers[target]["tasks"] == 1
-    api.delete(f"/jobs/{job_id}")
-    api.wait_state(job_id, "CANCELLED", timeout=120)
+    try:
+        first = wait_for("the counter to run", lambda: _running_on(api, job_id), 120)["tasks"]["t"]
+        source = first["node"]
+        time.sleep(3)  # let it count
+        target = next(h.name for h in cluster.spec.workers if h.name != source)
+        before = {w["id"]: w for w in api.get("/workers").json()["items"]}
+        r = api.post(f"/jobs/{job_id}/tasks/t/migrate", json={"target": target})
+        assert r.status_code == 202, r.text
+        m = _migration(api, r.json()["id"], {"DONE", "FAILED"})
+        assert m["state"] == "DONE", (m["reason"], m)
+        job = api.job(job_id)
+        t = job["tasks"]["t"]
+        assert t["node"] == target and t["attempt"] == first["attempt"] + 1 and t["state"] == "RUNNING"
+        # On the target's own engine: the target's cores and memory limit, and the count goes on.
+        host = json.loads(cluster.docker(target, "inspect", t["container_id"]))[0]["HostConfig"]
+        assert host["CpusetCpus"] == t["cpuset"] and host["Memory"] == 64 * 2**20
+        time.sleep(1.5)
+        restored = _counts(cluster.docker(target, "logs", t["container_id"]))
+        assert restored and restored[0] >= 10, restored[:5]  # it did not start again from 0
+        assert restored == list(range(restored[0], restored[0] + len(restored)))  # and it keeps counting
+        assert set(m["timings"]) >= {"checkpoint_s", "upload_s", "download_s", "restore_s"}
+        # The source's container is removed and its claim released; the target holds one more claim.
+        wait_for("the source container to go",
+                 lambda: job_id not in cluster.docker(source, "ps", "-a", "--format", "{{.Names}}"), 60)
+        workers = {w["id"]: w for w in api.get("/workers").json()["items"]}
+        assert workers[source]["tasks"] == before[source]["tasks"] - 1
+        assert workers[source]["free_core_count"] == before[source]["free_core_count"] + 1
+        assert workers[target]["tasks"] == before[target]["tasks"] + 1
+        assert workers[target]["free_core_count"] == before[target]["free_core_count"] - 1
+    finally:
+        api.delete(f"/jobs/{job_id}")
+        api.wait_state(job_id, "CANCELLED", timeout=120)
 
 
 def test_update_changes_the_real_cgroup_values(cluster: Cluster) -> None:
@@ -292,29 +297,33 @@ def test_a_failed_restore_leaves_the_task_running_and_the_claims_consistent(clus
     api = cluster.api
     job_id = api.submit(task_job({"t": {"image": "rswarm/task:1", "command": COUNTER, "req_cores": 1,
                                         "mem_limit": "64m"}}))
-    first = wait_for("the counter to run", lambda: _running_on(api, job_id), 120)["tasks"]["t"]
-    target = next(h.name for h in cluster.spec.workers if h.name != first["node"])
-    # A real fault: the target node lacks the task's image (no registry to fetch it from).
-    cluster.docker(target, "tag", "rswarm/task:1", "rswarm/task:keep")
-    cluster.docker(target, "rmi", "rswarm/task:1")
     try:
-        r = api.post(f"/jobs/{job_id}/tasks/t/migrate", json={"target": target})
-        assert r.status_code == 202, r.text
-        m = _migration(api, r.json()["id"], {"DONE", "FAILED"})
-        assert m["state"] == "FAILED" and "rswarm/task:1" in m["reason"], m
-        t = api.job(job_id)["tasks"]["t"]
-        assert t["state"] == "RUNNING" and t["node"] == first["node"] and t["attempt"] == first["attempt"]
-        assert t["migration_id"] is None
-        workers = {w["id"]: w for w in api.get("/workers").json()["items"]}
-        assert workers[target]["tasks"] == 0 and workers[target]["free_core_count"] == workers[target][
-            "capacity_cores"]
-        assert workers[first["node"]]["tasks"] == 1
-        # And it can be tried again (to any node) once the node is fine.
+        first = wait_for("the counter to run", lambda: _running_on(api, job_id), 120)["tasks"]["t"]
+        target = next(h.name for h in cluster.spec.workers if h.name != first["node"])
+        before = {w["id"]: w for w in api.get("/workers").json()["items"]}
+        # A real fault: the target node lacks the task's image (no registry to fetch it from).
+        cluster.docker(target, "tag", "rswarm/task:1", "rswarm/task:keep")
+        cluster.docker(target, "rmi", "rswarm/task:1")
+        try:
+            r = api.post(f"/jobs/{job_id}/tasks/t/migrate", json={"target": target})
+            assert r.status_code == 202, r.text
+            m = _migration(api, r.json()["id"], {"DONE", "FAILED"})
+            assert m["state"] == "FAILED" and "rswarm/task:1" in m["reason"], m
+            t = api.job(job_id)["tasks"]["t"]
+            assert t["state"] == "RUNNING" and t["node"] == first["node"] and t["attempt"] == first["attempt"]
+            assert t["migration_id"] is None
+            # The target's reservation was released and the source still holds the task's claim.
+            after = {w["id"]: w for w in api.get("/workers").json()["items"]}
+            for node in (target, first["node"]):
+                assert (after[node]["tasks"], after[node]["free_core_count"]) == (
+                    before[node]["tasks"], before[node]["free_core_count"]), node
+            assert after[first["node"]]["tasks"] >= 1
+        finally:
+            cluster.docker(target, "tag", "rswarm/task:keep", "rswarm/task:1")
+            cluster.docker(target, "rmi", "rswarm/task:keep")
     finally:
-        cluster.docker(target, "tag", "rswarm/task:keep", "rswarm/task:1")
-        cluster.docker(target, "rmi", "rswarm/task:keep")
-    api.delete(f"/jobs/{job_id}")
-    api.wait_state(job_id, "CANCELLED", timeout=120)
+        api.delete(f"/jobs/{job_id}")
+        api.wait_state(job_id, "CANCELLED", timeout=120)
 
 
 def test_an_epm_with_evms_migrates_with_the_same_evms(cluster: Cluster) -> None:
