@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from flask import current_app
 
 from Common.config import Config
 from Common.messaging import Sender
 from Common.store import Store
+
+CLUSTER_SNAPSHOT = "cluster"  # cache key: (monotonic time, workers by id, active strategy)
 
 
 @dataclass
@@ -20,6 +23,7 @@ class Context:
     _discovery: Sender | None = field(default=None, repr=False)
     _pid: int = 0
     _discovery_pid: int = 0
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)  # short-lived read caches, per process
 
     @property
     def hints(self) -> Sender:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from flask import request
@@ -13,7 +14,7 @@ from Common.errors import Invalid, NotFound, Unschedulable
 from Common.jobspec import JobSpec, Limits, validate_job
 from Common.resources import format_cpuset
 from Common.states import JOB_TERMINAL, JobState
-from FrontEnd.context import ctx
+from FrontEnd.context import CLUSTER_SNAPSHOT, ctx
 from FrontEnd.scheduler import active
 from FrontEnd.schemas import JOB_CREATED_SCHEMA, JOB_PAGE_SCHEMA, JOB_SCHEMA, JOB_VIEW_SCHEMA
 from FrontEnd.views import job_url, job_view
@@ -36,10 +37,32 @@ def _limits() -> Limits:
                   volume_root=cfg.volume_root)
 
 
-def check_against_cluster(spec: JobSpec) -> None:
-    """Refuse what the registered cluster can never run: 400 for impossible cores, 422 otherwise."""
+SNAPSHOT_MAX_AGE = 1.0  # seconds a process reuses the workers and strategy it read for the submission check
+
+
+def _cluster(fresh: bool) -> tuple[dict[str, dict[str, Any]], str]:
     c = ctx()
-    workers = {w["_id"]: w for w in c.store.workers.all()}
+    now = time.monotonic()
+    snap = c.cache.get(CLUSTER_SNAPSHOT)
+    if fresh or snap is None or now - snap[0] > SNAPSHOT_MAX_AGE:
+        snap = (now, {w["_id"]: w for w in c.store.workers.all()}, active()[0])
+        c.cache[CLUSTER_SNAPSHOT] = snap
+    return snap[1], snap[2]
+
+
+def check_against_cluster(spec: JobSpec) -> None:
+    """Refuse what the registered cluster can never run: 400 for impossible cores, 422 otherwise.
+
+    Under load the check reads the cluster at most once a second per process; a refusal is only ever given
+    after checking again against what MongoDB holds now, so a worker that just joined is never missed.
+    """
+    try:
+        _check_against(spec, *_cluster(fresh=False))
+    except (Invalid, Unschedulable):
+        _check_against(spec, *_cluster(fresh=True))
+
+
+def _check_against(spec: JobSpec, workers: dict[str, dict[str, Any]], strategy: str) -> None:
     for t in spec.tasks:
         if t.node is None:
             continue
@@ -55,7 +78,6 @@ def check_against_cluster(spec: JobSpec) -> None:
     capacity = [node_from_worker(w, empty=True) for w in workers.values() if w.get("state") != "REMOVED"]
     tasks = {t.name: {"req_cores": t.req_cores, "mem_bytes": t.mem_bytes, "node_request": t.node,
                       "cpuset_request": t.cpuset} for t in spec.tasks}
-    strategy, _ = active()
     reason = never_fits(job_request("new", spec.priority, tasks), capacity, strategy)
     if reason is not None:
         raise Unschedulable(f"this job can never run on the current cluster: {reason}", field="job_info.tasks")

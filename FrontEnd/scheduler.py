@@ -14,7 +14,7 @@ from flask_restx import Namespace, Resource
 
 from Common.api import ERROR_SCHEMA, int_arg, json_body, require_token
 from Common.errors import Invalid
-from FrontEnd.context import ctx
+from FrontEnd.context import CLUSTER_SNAPSHOT, ctx
 from JobManager.placement import STRATEGIES, OptionError, SchedulerOptions, parse_options, place, stored_options
 from JobManager.placement.options import DESCRIPTIONS
 from JobManager.placement.snapshot import job_request_from_doc, node_from_worker
@@ -99,10 +99,11 @@ queue_error = queue_ns.schema_model("Error", ERROR_SCHEMA)
 
 def active() -> tuple[str, SchedulerOptions]:
     c = ctx()
-    name = c.store.settings.get("strategy", c.cfg.jobmanager.strategy)
+    stored = c.store.settings.get_many(["strategy", "scheduler_options"])
+    name = stored.get("strategy", c.cfg.jobmanager.strategy)
     if name not in STRATEGIES:
         name = c.cfg.jobmanager.strategy if c.cfg.jobmanager.strategy in STRATEGIES else "first-fit"
-    return name, stored_options(c.store.settings.get("scheduler_options"))
+    return name, stored_options(stored.get("scheduler_options"))
 
 
 def scheduler_view() -> dict[str, Any]:
@@ -148,6 +149,7 @@ class Scheduler(Resource):
         c = ctx()
         c.store.settings.put("scheduler_options", options.to_dict())
         c.store.settings.put("strategy", name)
+        c.cache.pop(CLUSTER_SNAPSHOT, None)
         c.store.events.record("scheduler", strategy=name, options=options.to_dict())
         c.hint_jm("scheduler_changed")
         return scheduler_view()

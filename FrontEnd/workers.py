@@ -9,7 +9,7 @@ from flask_restx import Namespace, Resource
 from Common.api import ERROR_SCHEMA, require_token
 from Common.errors import Conflict, NotFound
 from Common.store.workers import REMOVED
-from FrontEnd.context import ctx
+from FrontEnd.context import CLUSTER_SNAPSHOT, ctx
 from FrontEnd.schemas import WORKER_LIST_SCHEMA, WORKER_VIEW_SCHEMA
 from FrontEnd.views import worker_view
 
@@ -58,6 +58,7 @@ class Worker(Resource):
         _worker_or_404(worker_id)
         c = ctx()
         doc = c.store.workers.request_removal(worker_id)
+        c.cache.pop(CLUSTER_SNAPSHOT, None)
         if doc is None:
             doc = _worker_or_404(worker_id)
         else:

@@ -173,3 +173,16 @@ def test_config_errors_name_the_key(tmp_path, text: str, env: dict, needle: str)
     f.write_text(text)
     with pytest.raises(ConfigError, match=needle):
         load(f, env=env)
+
+
+def test_retryable_writes_are_off_only_against_the_embedded_server(tmp_path) -> None:
+    from Common.store import Store
+
+    embedded = Store.connect(load(tmp_path / "none.toml", env={}))
+    remote = Store.connect(load(tmp_path / "none.toml", env={"MONGO_URI": "mongodb://127.0.0.1:1/"}))
+    try:  # no connection is made: client options only
+        assert embedded.db.client.options.retry_writes is False
+        assert remote.db.client.options.retry_writes is True
+    finally:
+        embedded.db.client.close()
+        remote.db.client.close()

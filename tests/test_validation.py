@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import pytest
@@ -142,6 +143,26 @@ def test_unknown_node_is_422_and_foreign_cores_are_400(api: Api, store) -> None:
     body["job_info"]["tasks"]["t1"]["cpuset_cpus"] = "999"
     r = api.post("/jobs", json=body)
     assert r.status_code == 400 and r.json()["error"]["field"] == f"{T}.cpuset_cpus"
+
+
+def test_a_worker_registered_a_moment_ago_is_never_refused_from_a_stale_view(api: Api, store) -> None:
+    """The FrontEnd reuses its view of the cluster for up to a second, but checks again before refusing."""
+    late = f"w-late-{time.time_ns()}"
+    body = variant(f"{T}.node", late)
+    for _ in range(3):  # one keep-alive connection, so one server process, now holding a view without `late`
+        r = api.post("/jobs", json=body)
+        assert r.status_code == 422 and r.json()["error"]["field"] == f"{T}.node"
+    # Registered DOWN so that no JobManager ever places anything on this node, which has no engine.
+    fake = {**store.workers.all()[0], "_id": late, "state": "DOWN", "allocations": {}}
+    store.workers.col.insert_one(fake)
+    try:
+        r = api.post("/jobs", json=body)
+        assert r.status_code == 201, r.text
+        assert store.jobs.get(r.json()["id"])["tasks"]["t1"]["node_request"] == late
+        assert api.delete(f"/jobs/{r.json()['id']}").status_code in (200, 202)
+        api.wait_state(r.json()["id"], "CANCELLED", timeout=60)
+    finally:
+        store.workers.col.delete_one({"_id": late})
 
 
 @pytest.mark.parametrize("header", [None, "Bearer wrong-token", "Basic dXNlcjpwYXNz", "Bearer"])

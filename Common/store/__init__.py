@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pymongo
 from pymongo.database import Database
 
@@ -19,6 +21,18 @@ from Common.store.migrations import MigrationStore
 from Common.store.networks import NetworkStore
 from Common.store.settings import SettingsStore
 from Common.store.workers import WorkerStore
+
+
+def embedded_options(cfg: Config) -> dict[str, Any]:
+    """Client options for the embedded SecantusDB only; a ``MONGO_URI`` deployment keeps pymongo's defaults.
+
+    Retryable writes are off against the embedded server: it keeps every retryable-write record in memory
+    and, once it holds 10,000 of them, sorts them all on every write, so each insert became 10x slower
+    after ~10,000 writes (BENCHMARKS.md, FrontEnd acceptance). It is a single local process on loopback,
+    where the failover those retries exist for cannot happen; a write that fails anyway is answered 503 to
+    the client or redone by the actor's level-triggered sweep, as any other failure is.
+    """
+    return {} if cfg.mongo.uri else {"retryWrites": False}
 
 
 class Store:
@@ -42,6 +56,7 @@ class Store:
             connectTimeoutMS=int(cfg.mongo.timeout_seconds * 1000),
             tz_aware=True,
             event_listeners=[mongo_listener()],  # rswarm_mongo_operation_seconds
+            **embedded_options(cfg),
         )
         return cls(client[cfg.mongo.database])
 

@@ -15,5 +15,9 @@ class SettingsStore:
         doc = self.col.find_one({"_id": key})
         return default if doc is None else doc.get("value", default)
 
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        """The stored values of ``keys`` in one round trip; absent keys are left out."""
+        return {d["_id"]: d.get("value") for d in self.col.find({"_id": {"$in": keys}})}
+
     def put(self, key: str, value: Any) -> None:
         self.col.update_one({"_id": key}, {"$set": {"value": value}}, upsert=True)
