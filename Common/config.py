@@ -90,6 +90,7 @@ class WorkerConfig:
     heartbeat_seconds: float = 3.0
     sweep_seconds: float = 5.0
     stop_timeout_seconds: int = 5
+    parallelism: int = 4  # container creates/starts/removals of one reconcile pass run this many at a time
     evm_poll_seconds: float = 0.5  # how often EPMs' EVM generations are polled (added/deleted EVMs)
     evm_resync_seconds: float = 5.0  # every EPM's desired-EVM file is refreshed at least this often
     evm_op_timeout_seconds: float = 20.0  # an agent's kernel call taking longer ends that agent (restarted)
@@ -231,6 +232,8 @@ def _check(cfg: Config) -> None:
                 raise ConfigError(f"{where}: must be > 0, got {value}")
     if not 8 <= cfg.globalmanager.network_prefix <= 29:
         raise ConfigError("globalmanager.network_prefix: must be 8..29")
+    if not 1 <= cfg.worker.parallelism <= 64:
+        raise ConfigError(f"worker.parallelism: must be 1..64, got {cfg.worker.parallelism}")
     for key in ("workers", "threads", "max_body_bytes", "max_tasks_per_job"):
         if getattr(cfg.frontend, key) < 1:
             raise ConfigError(f"frontend.{key}: must be >= 1")

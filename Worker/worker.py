@@ -12,6 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import docker
@@ -49,6 +52,8 @@ class Worker:
         self._died_lock = threading.Lock()
         self.lifecycle = Lifecycle(self)  # resource updates, checkpoints, migrations
         self.evms = EvmSync(cfg, store, engine.api, reports, self.name, self.wake.set)  # EPMs' EVMs
+        parallelism = cfg.worker.parallelism
+        self._pool = ThreadPoolExecutor(parallelism, thread_name_prefix="container-op") if parallelism > 1 else None
 
     # ---- start-up -----------------------------------------------------------------------------
     def register(self) -> dict[str, Any]:
@@ -177,17 +182,35 @@ class Worker:
                 if t.get("node") == self.name:
                     desired[(job["_id"], name, t["attempt"])] = (job, name, t)
 
+        work: list[Callable[[], None]] = []
         for key, obs in observed.items():
             if key not in desired:
-                self.cleanup_orphan(obs)
+                work.append(partial(self.cleanup_orphan, obs))
             else:
-                self.converge(obs, *desired[key])
+                work.append(partial(self.converge, obs, *desired[key]))
         for key, (job, name, t) in desired.items():
             if key not in observed:
-                self.ensure_started(job, name, t)
+                work.append(partial(self.ensure_started, job, name, t))
+        self._run_all(work)
         self.lifecycle.run(desired, observed)
         self.evms.observe({container_name(*key): (*key, desired[key][2]) for key, obs in observed.items()
                            if key in desired and is_epm(desired[key][2]) and obs.status not in ("exited", "dead")})
+
+    def _run_all(self, work: list[Callable[[], None]]) -> None:
+        """Run one pass's container operations, up to ``worker.parallelism`` at a time.
+
+        Each operation concerns a different container, and Docker spends most of a create, start or
+        remove waiting (on containerd, the network attachment, the stop timeout), so one slow container
+        no longer holds up the others. The pass ends when all are done; the first error is re-raised.
+        """
+        if len(work) <= 1 or self._pool is None:
+            for op in work:
+                op()
+            return
+        errors = [f.exception() for f in [self._pool.submit(op) for op in work]]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
 
     def _draining(self, obs: Observed) -> bool:
         """A running EPM first removes its EVMs itself (Worker.evms explains why); removal waits."""

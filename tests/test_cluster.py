@@ -205,6 +205,10 @@ def test_ssh_refuses_unknown_and_changed_host_keys_until_trusted(cluster: Cluste
         assert s.check(["hostname"]).strip()  # a real command on the emulated host
         rc, out, _ = s.run(["ip", "-4", "-o", "addr", "show", "eth0"])
         assert rc == 0 and h.address in out  # it runs inside that host's network namespace
+        # A connection that drops under a command is a RemoteError naming the host, never a traceback.
+        s.client.get_transport().close()
+        with pytest.raises(RemoteError, match=f"{h.name}: connection lost"):
+            s.run(["true"])
     # The Worker there was started over SSH and is queryable and its log collectable.
     status = _mgmt(["hosts", "status", "--json"], cluster.env)
     assert status.returncode == 0, status.stderr

@@ -167,6 +167,7 @@ def test_config_file_then_environment(tmp_path) -> None:
     ("", {"RSWARM_DISCOVERY_PORT": "0"}, "discovery.port"),
     ("", {"RSWARM_WORKER_HEARTBEAT_SECONDS": "fast"}, "RSWARM_WORKER_HEARTBEAT_SECONDS"),
     ("", {"RSWARM_GLOBALMANAGER_NETWORK_PREFIX": "31"}, "network_prefix"),
+    ("[worker]\nparallelism = 0\n", {}, "worker.parallelism"),
 ])
 def test_config_errors_name_the_key(tmp_path, text: str, env: dict, needle: str) -> None:
     f = tmp_path / "c.toml"
@@ -186,3 +187,29 @@ def test_retryable_writes_are_off_only_against_the_embedded_server(tmp_path) -> 
     finally:
         embedded.db.client.close()
         remote.db.client.close()
+
+
+def test_a_reconcile_pass_runs_container_operations_concurrently_and_reraises_the_first_error() -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from Worker.worker import Worker
+
+    pool = ThreadPoolExecutor(4)
+    try:
+        host = SimpleNamespace(_pool=pool)
+        barrier = threading.Barrier(3, timeout=10)  # passes only if three operations run at the same time
+        done: list[int] = []
+        Worker._run_all(host, [lambda i=i: (barrier.wait(), done.append(i)) for i in range(3)])
+        assert sorted(done) == [0, 1, 2]
+
+        def boom() -> None:
+            raise RuntimeError("engine said no")
+
+        done.clear()
+        with pytest.raises(RuntimeError, match="engine said no"):
+            Worker._run_all(host, [lambda: done.append(1), boom, lambda: done.append(2)])
+        assert sorted(done) == [1, 2]  # the others still ran
+    finally:
+        pool.shutdown()

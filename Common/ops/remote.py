@@ -9,18 +9,22 @@ quoted with shlex, and the only shell code sent is constant.
 
 from __future__ import annotations
 
+import functools
 import shlex
 import stat
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 import paramiko
 
 from Common.jobspec import NODE_NAME
 from Common.resources import parse_cpuset, parse_memory
+
+T = TypeVar("T")
 
 
 class RemoteError(RuntimeError):
@@ -147,6 +151,19 @@ def trust_host_key(h: RemoteHost, known_hosts: Path) -> str:
     return f"{key.get_name()} {key.get_base64()}"
 
 
+def _transport_errors(method: Callable[..., T]) -> Callable[..., T]:
+    """A connection that drops mid-command (sshd stopped, host gone) is a RemoteError naming the host."""
+
+    @functools.wraps(method)
+    def wrapper(self: Session, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise RemoteError(f"{self.h.name}: connection lost: {exc or type(exc).__name__}") from None
+
+    return wrapper
+
+
 class Session:
     """One verified SSH connection to one host."""
 
@@ -177,6 +194,7 @@ class Session:
     def __exit__(self, *_: Any) -> None:
         self.client.close()
 
+    @_transport_errors
     def run(self, argv: list[str], timeout: float = 60.0) -> tuple[int, str, str]:
         _stdin, out, err = self.client.exec_command(shlex.join(argv), timeout=timeout)
         rc = out.channel.recv_exit_status()
@@ -188,6 +206,7 @@ class Session:
             raise RemoteError(f"{self.h.name}: {argv[0]} exited {rc}: {err.strip() or out.strip()}")
         return out
 
+    @_transport_errors
     def put_text(self, path: str, text: str, mode: int) -> None:
         sftp = self.client.open_sftp()
         try:
@@ -197,6 +216,7 @@ class Session:
         finally:
             sftp.close()
 
+    @_transport_errors
     def get_text(self, path: str, limit: int = 1 << 20) -> str:
         sftp = self.client.open_sftp()
         try:
@@ -210,6 +230,7 @@ class Session:
         finally:
             sftp.close()
 
+    @_transport_errors
     def ship(self, root: Path, files: list[str], dest: str) -> int:
         """Copy ``files`` (paths relative to ``root``) to ``dest`` file by file, never via an archive."""
         sftp = self.client.open_sftp()
