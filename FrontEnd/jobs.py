@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 from typing import Any
 
 from flask import request
 from flask_restx import Namespace, Resource
+from pymongo.errors import DuplicateKeyError
 
 from Common.api import ERROR_SCHEMA, int_arg, json_body, require_token
-from Common.errors import Invalid, NotFound, Unschedulable
+from Common.errors import Conflict, Invalid, NotFound, Unschedulable
 from Common.jobspec import JobSpec, Limits, validate_job
 from Common.resources import format_cpuset
 from Common.states import JOB_TERMINAL, JobState
@@ -29,6 +32,7 @@ job_page = ns.schema_model("JobPage", JOB_PAGE_SCHEMA)
 error = ns.schema_model("Error", ERROR_SCHEMA)
 
 JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
 def _limits() -> Limits:
@@ -116,23 +120,59 @@ class Jobs(Resource):
         nxt = docs[-1]["_id"] if len(docs) == limit else None
         return {"items": [job_view(d) for d in docs], "next": nxt}
 
-    @ns.doc(security="bearer", body=job_body)
+    @ns.doc(security="bearer", body=job_body, params={"Idempotency-Key": {
+        "in": "header", "type": "string", "description": "optional, 1-128 of A-Z a-z 0-9 . _ : - ; a retry with the "
+        "same key and body returns the job the first request created (200) instead of submitting it again"}})
+    @ns.response(200, "Replayed: this Idempotency-Key already created this job; nothing new was stored", job_created)
     @ns.response(201, "Accepted and stored; placement follows", job_created)
-    @ns.response(400, "Invalid job definition (the field is named)", error)
+    @ns.response(400, "Invalid job definition or Idempotency-Key (the field is named)", error)
     @ns.response(401, "Missing or wrong bearer token", error)
+    @ns.response(409, "The Idempotency-Key was used before with a different job definition", error)
     @ns.response(413, "Body too large", error)
     @ns.response(422, "The cluster can never run this job", error)
     @ns.response(503, "MongoDB unavailable", error)
     @require_token
     def post(self):
-        """Submit a job. 201 once it is stored; 400 invalid; 401; 413; 422 can never fit; 503."""
-        spec = validate_job(json_body(), _limits())
+        """Submit a job. 201 once it is stored; 200 replay of the same Idempotency-Key; 400 invalid; 401;
+        409 key reused for another body; 413; 422 can never fit; 503."""
+        body = json_body()
+        spec = validate_job(body, _limits())
+        idempotency = _idempotency(body)
+        if idempotency is not None and (replay := _replay(*idempotency)) is not None:
+            return replay
         check_against_cluster(spec)
         c = ctx()
-        doc = c.store.jobs.insert(spec)
+        try:
+            doc = c.store.jobs.insert(spec, idempotency)
+        except DuplicateKeyError:
+            if idempotency is None or (replay := _replay(*idempotency)) is None:
+                raise
+            return replay  # a concurrent request with the same key stored it first
         c.hint_jm("job_submitted", doc["_id"])
         url = job_url(doc["_id"])
         return {"id": doc["_id"], "url": url, "state": doc["state"]}, 201, {"Location": url}
+
+
+def _idempotency(body: Any) -> tuple[str, str] | None:
+    """(key, hash of the body) when the request carries an Idempotency-Key."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY.match(key):
+        raise Invalid("Idempotency-Key must be 1-128 characters among A-Z a-z 0-9 . _ : -", field="Idempotency-Key")
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return key, hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(key: str, request_hash: str) -> tuple[dict[str, Any], int, dict[str, str]] | None:
+    job = ctx().store.jobs.by_idempotency_key(key)
+    if job is None:
+        return None
+    if job.get("request_hash") != request_hash:
+        raise Conflict(f"Idempotency-Key {key!r} was used for a different job definition (job {job['_id']})",
+                       field="Idempotency-Key")
+    url = job_url(job["_id"])
+    return {"id": job["_id"], "url": url, "state": job["state"]}, 200, {"Location": url, "Idempotent-Replayed": "true"}
 
 
 @ns.route("/<string:job_id>")

@@ -36,8 +36,10 @@ class Api:
     def headers(self, auth: bool = True) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if auth else {}
 
-    def post(self, path: str, json: Any = None, auth: bool = True, **kw: Any) -> requests.Response:
-        return self.s.post(self.base + path, json=json, headers=self.headers(auth), timeout=30, **kw)
+    def post(self, path: str, json: Any = None, auth: bool = True, headers: dict[str, str] | None = None,
+             **kw: Any) -> requests.Response:
+        return self.s.post(self.base + path, json=json, headers={**self.headers(auth), **(headers or {})},
+                           timeout=30, **kw)
 
     def get(self, path: str, **kw: Any) -> requests.Response:
         return self.s.get(self.base + path, timeout=30, **kw)

@@ -202,3 +202,51 @@ def test_unknown_job_is_404_json(api: Api) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = api.get("/no/such/route")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_an_idempotency_key_makes_a_retried_submission_safe(api: Api, store) -> None:
+    key = f"retry-{time.time_ns()}"
+    body = variant("job_name", f"idem-{time.time_ns()}")
+    headers = {"Idempotency-Key": key}
+    first = api.post("/jobs", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    job_id = first.json()["id"]
+    try:
+        again = api.post("/jobs", json=body, headers=headers)
+        assert again.status_code == 200 and again.json()["id"] == job_id
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert store.jobs.col.count_documents({"idempotency_key": key}) == 1
+        other = api.post("/jobs", json=variant("job_name", "something-else"), headers=headers)
+        assert other.status_code == 409 and other.json()["error"]["field"] == "Idempotency-Key"
+        before = store.jobs.col.count_documents({})
+        bad = api.post("/jobs", json=body, headers={"Idempotency-Key": "no spaces allowed"})
+        assert bad.status_code == 400 and bad.json()["error"]["field"] == "Idempotency-Key"
+        assert store.jobs.col.count_documents({}) == before
+    finally:
+        api.delete(f"/jobs/{job_id}")
+        api.wait_state(job_id, {"CANCELLED", "COMPLETED"}, timeout=120)
+
+
+def test_concurrent_submissions_with_one_idempotency_key_store_one_job(api: Api, store) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.helpers import Api as Client
+
+    key = f"race-{time.time_ns()}"
+    body = variant("job_name", key)
+
+    def submit(_: int) -> tuple[int, str]:
+        client = Client(api.base.removesuffix("/api/v1"), api.token)  # own connection: really concurrent
+        r = client.post("/jobs", json=body, headers={"Idempotency-Key": key})
+        return r.status_code, r.json().get("id", r.text)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(submit, range(8)))
+    ids = {job_id for _, job_id in results}
+    try:
+        assert sorted(code for code, _ in results) == [200] * 7 + [201], results
+        assert len(ids) == 1 and store.jobs.col.count_documents({"idempotency_key": key}) == 1
+    finally:
+        for job_id in ids:
+            api.delete(f"/jobs/{job_id}")
+            api.wait_state(job_id, {"CANCELLED", "COMPLETED"}, timeout=120)

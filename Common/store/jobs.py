@@ -14,6 +14,7 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
 
 from Common.jobspec import JobSpec
 from Common.resources import format_cpuset
@@ -52,9 +53,12 @@ class JobStore:
         self.col.create_index([("state", ASCENDING), ("priority", DESCENDING), ("_id", ASCENDING)])
         self.col.create_index([("nodes", ASCENDING), ("state", ASCENDING)])
         self.col.create_index([("name", ASCENDING)])
+        self.col.create_index([("idempotency_key", ASCENDING)], unique=True, sparse=True)
 
     # ---- creation and reading -----------------------------------------------------------------
-    def insert(self, spec: JobSpec) -> dict[str, Any]:
+    def insert(self, spec: JobSpec, idempotency: tuple[str, str] | None = None) -> dict[str, Any]:
+        """Store a new job (QUEUED). ``idempotency`` is (key, request hash): a second insert with the same
+        key raises DuplicateKeyError, and ``by_idempotency_key`` finds the first."""
         now = time.time()
         job_id = new_job_id()
         tasks = {}
@@ -98,12 +102,23 @@ class JobStore:
             "nodes": [],
             "tasks": tasks,
         }
-        if spec.evms is not None:
+        if idempotency is not None:
+            doc["idempotency_key"], doc["request_hash"] = idempotency
+        evms = EvmStore(self.col.database, self.events) if spec.evms is not None else None
+        if evms is not None:
             doc["evms"] = spec.evms
-            EvmStore(self.col.database, self.events).insert_initial(doc)  # first: a job never lacks its EVMs
-        self.col.insert_one(doc)
+            evms.insert_initial(doc)  # first: a job never lacks its EVMs
+        try:
+            self.col.insert_one(doc)
+        except DuplicateKeyError:
+            if evms is not None:
+                evms.forget_job(job_id)  # the same idempotency key won a race: this job never existed
+            raise
         self.events.record("job_state", job_id, state=JobState.QUEUED.value)
         return doc
+
+    def by_idempotency_key(self, key: str) -> dict[str, Any] | None:
+        return self.col.find_one({"idempotency_key": key})
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         return self.col.find_one({"_id": job_id})
