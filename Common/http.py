@@ -5,7 +5,8 @@ on that connection at the same instant gets "Remote end closed connection withou
 server never saw the request. ``Session`` therefore drops its pooled connections once they have been idle
 for ``max_idle`` seconds (well under the server's limit), so a request after a pause always opens a fresh
 connection, and it retries idempotent methods (GET, PUT, DELETE, HEAD, OPTIONS) on a dropped connection.
-POST is never retried here: a job submission must not be sent twice by the transport.
+POST is never retried here: a job submission must not be sent twice by the transport (a client that
+wants to retry one sends an ``Idempotency-Key`` header, which the FrontEnd honours).
 """
 
 from __future__ import annotations
