@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from Common.errors import Invalid
+from Common.fields import reject_unknown, require_int, require_object
 from Common.resources import format_memory
 
 EPM_IMAGE = "rswarm/epm"  # what a job names; the Worker runs the agent image built from this code
@@ -173,27 +174,6 @@ class Addition:
 
 
 # ---- small checks ------------------------------------------------------------------------------
-def _obj(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise Invalid(f"{where} must be an object", field=where)
-    return value
-
-
-def _unknown(obj: dict[str, Any], allowed: set[str], where: str) -> None:
-    for key in obj:
-        if key not in allowed:
-            path = f"{where}.{key}" if where else key
-            raise Invalid(f"unknown field {path!r}", field=path)
-
-
-def _int(value: Any, where: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise Invalid(f"{where} must be an integer", field=where)
-    if not lo <= value <= hi:
-        raise Invalid(f"{where} must be between {lo} and {hi}, got {value}", field=where)
-    return value
-
-
 def _positive(value: Any, where: str, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise Invalid(f"{where} must be a number", field=where)
@@ -207,7 +187,7 @@ def _positive(value: Any, where: str, hi: float) -> float:
 def _seed(obj: dict[str, Any], where: str) -> int:
     if obj.get("seed") is None:
         return secrets.randbits(31)  # recorded with the spec, so the outcome can be reproduced
-    return _int(obj["seed"], f"{where}.seed", 0, MAX_SEED)
+    return require_int(obj["seed"], f"{where}.seed", 0, MAX_SEED)
 
 
 def _label(value: Any, where: str) -> str:
@@ -230,7 +210,7 @@ def _shorthand(raw: Any, where: str) -> dict[str, Any]:
     """"uniform" is short for {"kind": "uniform"}."""
     if isinstance(raw, str):
         return {"kind": raw}
-    return _obj(raw, where)
+    return require_object(raw, where)
 
 
 # ---- distributions -------------------------------------------------------------------------------
@@ -238,26 +218,26 @@ def parse_distribution(raw: Any, where: str, epms: list[str]) -> Distribution:
     d = _shorthand(raw if raw is not None else "uniform", where)
     kind = d.get("kind")
     if kind == "manual":
-        _unknown(d, {"kind", "counts"}, where)
+        reject_unknown(d, {"kind", "counts"}, where)
         if "counts" not in d:
             raise Invalid(f"{where}.counts is required for a manual distribution (EPM task -> count)",
                           field=f"{where}.counts")
-        counts = _obj(d["counts"], f"{where}.counts")
+        counts = require_object(d["counts"], f"{where}.counts")
         out: dict[str, int] = {}
         for name, n in counts.items():
             if name not in epms:
                 raise Invalid(f"{where}.counts.{name}: no EPM task {name!r} in this job (EPMs: {', '.join(epms)})",
                               field=f"{where}.counts.{name}")
-            out[name] = _int(n, f"{where}.counts.{name}", 0, MAX_EVMS_PER_EPM)
+            out[name] = require_int(n, f"{where}.counts.{name}", 0, MAX_EVMS_PER_EPM)
         return Distribution("manual", counts={e: out.get(e, 0) for e in epms})
     if kind == "uniform":
-        _unknown(d, {"kind"}, where)
+        reject_unknown(d, {"kind"}, where)
         return Distribution("uniform")
     if kind == "random":
-        _unknown(d, {"kind", "seed"}, where)
+        reject_unknown(d, {"kind", "seed"}, where)
         return Distribution("random", seed=_seed(d, where))
     if kind == "skew":
-        _unknown(d, {"kind", "seed", "s"}, where)
+        reject_unknown(d, {"kind", "seed", "s"}, where)
         s = _positive(d["s"], f"{where}.s", MAX_SKEW) if d.get("s") is not None else 1.0
         return Distribution("skew", seed=_seed(d, where), s=s)
     raise Invalid(f"{where}.kind must be one of manual, uniform, random, skew; got {kind!r}", field=f"{where}.kind")
@@ -315,16 +295,16 @@ def parse_rate(raw: Any, where: str) -> Rate:
     r = _shorthand(raw if raw is not None else "sequential", where)
     kind = r.get("kind")
     if kind == "sequential":
-        _unknown(r, {"kind"}, where)
+        reject_unknown(r, {"kind"}, where)
         return Rate("sequential")
     if kind == "rps":
-        _unknown(r, {"kind", "rps", "burst"}, where)
+        reject_unknown(r, {"kind", "rps", "burst"}, where)
         if r.get("rps") is None:
             raise Invalid(f"{where}.rps is required (EVMs per second, > 0)", field=f"{where}.rps")
-        burst = _int(r["burst"], f"{where}.burst", 1, MAX_BURST) if r.get("burst") is not None else 1
+        burst = require_int(r["burst"], f"{where}.burst", 1, MAX_BURST) if r.get("burst") is not None else 1
         return Rate("rps", rps=_positive(r["rps"], f"{where}.rps", MAX_RPS), burst=burst)
     if kind == "random":
-        _unknown(r, {"kind", "mean_interval", "seed"}, where)
+        reject_unknown(r, {"kind", "mean_interval", "seed"}, where)
         if r.get("mean_interval") is None:
             raise Invalid(f"{where}.mean_interval is required (seconds between creations on average, > 0)",
                           field=f"{where}.mean_interval")
@@ -518,8 +498,8 @@ def plan_job(info: dict[str, Any], raw_tasks: dict[str, Any], tasks: list[Any],
     by_name = {t.name: t for t in tasks}
     if info.get("evms") is not None:
         where = "job_info.evms"
-        raw = _obj(info["evms"], where)
-        _unknown(raw, _JOB_FIELDS, where)
+        raw = require_object(info["evms"], where)
+        reject_unknown(raw, _JOB_FIELDS, where)
         for name, t in raw_tasks.items():
             if isinstance(t, dict) and t.get("evms") is not None:
                 raise Invalid(f"job_info.tasks.{name}.evms: the job already has job_info.evms; give per-EPM "
@@ -530,15 +510,15 @@ def plan_job(info: dict[str, Any], raw_tasks: dict[str, Any], tasks: list[Any],
             assert dist.counts is not None
             total = sum(dist.counts.values())
             if raw.get("count") is not None:
-                count = _int(raw["count"], f"{where}.count", 0, MAX_EVMS_PER_JOB)
+                count = require_int(raw["count"], f"{where}.count", 0, MAX_EVMS_PER_JOB)
                 if count != total:
                     raise Invalid(f"{where}.distribution.counts add up to {total}, but count is {count}",
                                   field=f"{where}.distribution.counts")
-            count = _int(total, f"{where}.distribution.counts", 0, MAX_EVMS_PER_JOB)
+            count = require_int(total, f"{where}.distribution.counts", 0, MAX_EVMS_PER_JOB)
         else:
             if raw.get("count") is None:
                 raise Invalid(f"{where}.count is required (how many EVMs)", field=f"{where}.count")
-            count = _int(raw["count"], f"{where}.count", 0, MAX_EVMS_PER_JOB)
+            count = require_int(raw["count"], f"{where}.count", 0, MAX_EVMS_PER_JOB)
         pool = parse_pool(raw.get("subnet"), raw.get("gateway"), where)
         if count > pool.capacity:
             raise Invalid(f"{where}.count: {count} EVMs do not fit subnet {pool.subnet}, which holds "
@@ -560,14 +540,14 @@ def plan_job(info: dict[str, Any], raw_tasks: dict[str, Any], tasks: list[Any],
         pools: list[tuple[str, Pool]] = []
         for name in epm_task_names(info, raw_tasks):
             where = f"job_info.tasks.{name}.evms"
-            raw = _obj(raw_tasks[name]["evms"], where)
+            raw = require_object(raw_tasks[name]["evms"], where)
             if "distribution" in raw:
                 raise Invalid(f"{where}.distribution: a task's EVMs all live in its own EPM; distributions "
                               "apply to job_info.evms", field=f"{where}.distribution")
-            _unknown(raw, _TASK_FIELDS, where)
+            reject_unknown(raw, _TASK_FIELDS, where)
             if raw.get("count") is None:
                 raise Invalid(f"{where}.count is required (how many EVMs in this EPM)", field=f"{where}.count")
-            count = _int(raw["count"], f"{where}.count", 0, MAX_EVMS_PER_EPM)
+            count = require_int(raw["count"], f"{where}.count", 0, MAX_EVMS_PER_EPM)
             pool = parse_pool(raw.get("subnet"), raw.get("gateway"), where)
             if count > pool.capacity:
                 raise Invalid(f"{where}.count: {count} EVMs do not fit subnet {pool.subnet}, which holds "
@@ -592,8 +572,8 @@ def plan_job(info: dict[str, Any], raw_tasks: dict[str, Any], tasks: list[Any],
 # ---- adding EVMs to a running job (POST /jobs/{id}/evms) ------------------------------------------
 def parse_addition(body: Any, epms: list[str]) -> Addition:
     """Validate an addition's shape; capacity against the job's current state is checked by the caller."""
-    raw = _obj(body, "body")
-    _unknown(raw, _ADD_FIELDS, "")
+    raw = require_object(body, "body")
+    reject_unknown(raw, _ADD_FIELDS, "")
     if raw.get("count") is None and not (isinstance(raw.get("distribution"), dict)
                                          and raw["distribution"].get("kind") == "manual"):
         raise Invalid("count is required (how many EVMs to add)", field="count")
@@ -601,20 +581,20 @@ def parse_addition(body: Any, epms: list[str]) -> Addition:
     if dist.kind == "manual":
         assert dist.counts is not None
         total = sum(dist.counts.values())
-        if raw.get("count") is not None and _int(raw["count"], "count", 1, MAX_EVMS_PER_JOB) != total:
+        if raw.get("count") is not None and require_int(raw["count"], "count", 1, MAX_EVMS_PER_JOB) != total:
             raise Invalid(f"distribution.counts add up to {total}, but count is {raw['count']}",
                           field="distribution.counts")
-        count = _int(total, "distribution.counts", 1, MAX_EVMS_PER_JOB)
+        count = require_int(total, "distribution.counts", 1, MAX_EVMS_PER_JOB)
     else:
-        count = _int(raw["count"], "count", 1, MAX_EVMS_PER_JOB)
+        count = require_int(raw["count"], "count", 1, MAX_EVMS_PER_JOB)
     labels = {k: _label(raw[k], k) for k in LABEL_FIELDS if raw.get(k) is not None}
     return Addition(count=count, counts=distribute(count, epms, dist), distribution=dist,
                     rate=parse_rate(raw.get("rate"), "rate"), labels=labels)
 
 
 def parse_labels_patch(body: Any) -> dict[str, str]:
-    raw = _obj(body, "body")
-    _unknown(raw, set(LABEL_FIELDS), "")
+    raw = require_object(body, "body")
+    reject_unknown(raw, set(LABEL_FIELDS), "")
     out = {k: _label(raw[k], k) for k in LABEL_FIELDS if k in raw}
     if not out:
         raise Invalid(f"give at least one of {', '.join(LABEL_FIELDS)}", field="body")

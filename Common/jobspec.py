@@ -17,6 +17,7 @@ from typing import Any
 
 from Common import evmspec
 from Common.errors import Invalid
+from Common.fields import reject_unknown, require_int, require_object
 from Common.resources import DOCKER_MIN_MEMORY, parse_cpuset, parse_memory
 
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
@@ -84,27 +85,6 @@ class JobSpec:
     evms: dict[str, Any] | None = None  # the job's EVM plan (Common.evmspec), None without EVMs
 
 
-def _obj(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise Invalid(f"{where} must be an object", field=where)
-    return value
-
-
-def _unknown(obj: dict[str, Any], allowed: set[str], where: str) -> None:
-    for key in obj:
-        if key not in allowed:
-            path = f"{where}.{key}" if where else key
-            raise Invalid(f"unknown field {path!r}", field=path)
-
-
-def _int(value: Any, where: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise Invalid(f"{where} must be an integer", field=where)
-    if not lo <= value <= hi:
-        raise Invalid(f"{where} must be between {lo} and {hi}, got {value}", field=where)
-    return value
-
-
 def _name(value: Any, where: str, pattern: re.Pattern[str], what: str) -> str:
     if not isinstance(value, str) or not pattern.match(value):
         raise Invalid(f"{where} must be {what}, got {value!r}", field=where)
@@ -149,7 +129,7 @@ def _command(value: Any, where: str) -> str | list[str] | None:
 def _ports(value: Any, where: str) -> dict[str, int | None]:
     if value is None:
         return {}
-    ports = _obj(value, where)
+    ports = require_object(value, where)
     if len(ports) > MAX_PORTS:
         raise Invalid(f"{where}: at most {MAX_PORTS} ports", field=where)
     out: dict[str, int | None] = {}
@@ -159,7 +139,7 @@ def _ports(value: Any, where: str) -> dict[str, int | None]:
         if not m or not 1 <= int(m.group(1)) <= 65535:
             raise Invalid(f"{kwhere}: container port must look like '8080/tcp' (1..65535)", field=kwhere)
         if host is not None:
-            _int(host, kwhere, 1, 65535)
+            require_int(host, kwhere, 1, 65535)
         out[f"{int(m.group(1))}/{m.group(2) or 'tcp'}"] = host
     return out
 
@@ -167,7 +147,7 @@ def _ports(value: Any, where: str) -> dict[str, int | None]:
 def _volumes(value: Any, where: str, root: Path) -> dict[str, dict[str, str]]:
     if value is None:
         return {}
-    vols = _obj(value, where)
+    vols = require_object(value, where)
     if len(vols) > MAX_VOLUMES:
         raise Invalid(f"{where}: at most {MAX_VOLUMES} volumes", field=where)
     out: dict[str, dict[str, str]] = {}
@@ -179,8 +159,8 @@ def _volumes(value: Any, where: str, root: Path) -> dict[str, dict[str, str]]:
         real = os.path.realpath(host_path)
         if os.path.commonpath([real, real_root]) != real_root:
             raise Invalid(f"{kwhere}: host path must be under the allowed volume root {root}", field=kwhere)
-        spec = _obj(spec, kwhere)
-        _unknown(spec, {"bind", "mode"}, kwhere)
+        spec = require_object(spec, kwhere)
+        reject_unknown(spec, {"bind", "mode"}, kwhere)
         bind = spec.get("bind")
         if not isinstance(bind, str) or not bind.startswith("/") or posixpath.normpath(bind) != bind:
             raise Invalid(f"{kwhere}.bind must be an absolute container path", field=f"{kwhere}.bind")
@@ -194,7 +174,7 @@ def _volumes(value: Any, where: str, root: Path) -> dict[str, dict[str, str]]:
 def _environment(value: Any, where: str) -> dict[str, str]:
     if value is None:
         return {}
-    env = _obj(value, where)
+    env = require_object(value, where)
     if len(env) > MAX_ENV_ENTRIES:
         raise Invalid(f"{where}: at most {MAX_ENV_ENTRIES} variables", field=where)
     for key, val in env.items():
@@ -214,8 +194,8 @@ _TASK_FIELDS = {
 
 def _task(name: str, raw: Any, where: str, limits: Limits) -> TaskSpec:
     _name(name, where, TASK_NAME, "letters, digits, '_' or '-' (1-63 chars, no dots)")
-    t = _obj(raw, where)
-    _unknown(t, _TASK_FIELDS, where)
+    t = require_object(raw, where)
+    reject_unknown(t, _TASK_FIELDS, where)
     if "detach" in t and t["detach"] is not True:
         raise Invalid(f"{where}.detach: tasks always run detached", field=f"{where}.detach")
     image = _name(t.get("image"), f"{where}.image", IMAGE_REF, "an image reference such as 'rswarm/task:1'")
@@ -237,7 +217,7 @@ def _task(name: str, raw: Any, where: str, limits: Limits) -> TaskSpec:
             raise Invalid(f"{where}.cpuset_cpus needs {where}.node: a cpuset names cores of one node",
                           field=f"{where}.cpuset_cpus")
     if "req_cores" in t and t["req_cores"] is not None:
-        req = _int(t["req_cores"], f"{where}.req_cores", 1, MAX_CORES_PER_TASK)
+        req = require_int(t["req_cores"], f"{where}.req_cores", 1, MAX_CORES_PER_TASK)
     elif cpuset is not None:
         req = len(cpuset)
     else:
@@ -274,20 +254,20 @@ def _task(name: str, raw: Any, where: str, limits: Limits) -> TaskSpec:
 
 def validate_job(body: Any, limits: Limits) -> JobSpec:
     """Check a submitted job definition; return it normalised or raise ``Invalid``."""
-    job = _obj(body, "body")
-    _unknown(job, {"job_name", "priority", "job_info"} | _LEGACY_JOB_FIELDS, "")
+    job = require_object(body, "body")
+    reject_unknown(job, {"job_name", "priority", "job_info"} | _LEGACY_JOB_FIELDS, "")
     name = _optional_str(job, "job_name")
     if name is not None:
         _name(name, "job_name", JOB_NAME, "letters, digits, '.', '_' or '-' (1-127 chars)")
-    priority = _int(job.get("priority", 0), "priority", 0, MAX_PRIORITY)
+    priority = require_int(job.get("priority", 0), "priority", 0, MAX_PRIORITY)
 
     if "job_info" not in job:
         raise Invalid("job_info is required", field="job_info")
-    info = _obj(job["job_info"], "job_info")
-    _unknown(info, {"network", "tasks", "evms"}, "job_info")
+    info = require_object(job["job_info"], "job_info")
+    reject_unknown(info, {"network", "tasks", "evms"}, "job_info")
 
-    net = _obj(info.get("network") or {}, "job_info.network")
-    _unknown(net, {"name", "driver", "subnet"}, "job_info.network")
+    net = require_object(info.get("network") or {}, "job_info.network")
+    reject_unknown(net, {"name", "driver", "subnet"}, "job_info.network")
     net_name = _optional_str(net, "name")
     if net_name is not None:
         _name(net_name, "job_info.network.name", NETWORK_LABEL, "a network name")
@@ -301,7 +281,7 @@ def validate_job(body: Any, limits: Limits) -> JobSpec:
 
     if "tasks" not in info:
         raise Invalid("job_info.tasks is required", field="job_info.tasks")
-    raw_tasks = _obj(info["tasks"], "job_info.tasks")
+    raw_tasks = require_object(info["tasks"], "job_info.tasks")
     if not raw_tasks:
         raise Invalid("job_info.tasks must hold at least one task", field="job_info.tasks")
     if len(raw_tasks) > limits.max_tasks:

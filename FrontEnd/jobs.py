@@ -44,14 +44,15 @@ def _limits() -> Limits:
 SNAPSHOT_MAX_AGE = 1.0  # seconds a process reuses the workers and strategy it read for the submission check
 
 
-def _cluster(fresh: bool) -> tuple[dict[str, dict[str, Any]], str]:
+def _cluster(max_age: float) -> tuple[float, dict[str, dict[str, Any]], str]:
+    """(when read, workers by id, active strategy), re-read from MongoDB when older than ``max_age``."""
     c = ctx()
     now = time.monotonic()
     snap = c.cache.get(CLUSTER_SNAPSHOT)
-    if fresh or snap is None or now - snap[0] > SNAPSHOT_MAX_AGE:
+    if snap is None or now - snap[0] > max_age:
         snap = (now, {w["_id"]: w for w in c.store.workers.all()}, active()[0])
         c.cache[CLUSTER_SNAPSHOT] = snap
-    return snap[1], snap[2]
+    return snap
 
 
 def check_against_cluster(spec: JobSpec) -> None:
@@ -60,10 +61,14 @@ def check_against_cluster(spec: JobSpec) -> None:
     Under load the check reads the cluster at most once a second per process; a refusal is only ever given
     after checking again against what MongoDB holds now, so a worker that just joined is never missed.
     """
+    started = time.monotonic()
+    read_at, workers, strategy = _cluster(SNAPSHOT_MAX_AGE)
     try:
-        _check_against(spec, *_cluster(fresh=False))
+        _check_against(spec, workers, strategy)
     except (Invalid, Unschedulable):
-        _check_against(spec, *_cluster(fresh=True))
+        if read_at >= started:
+            raise  # read just now: already what MongoDB holds
+        _check_against(spec, *_cluster(0.0)[1:])
 
 
 def _check_against(spec: JobSpec, workers: dict[str, dict[str, Any]], strategy: str) -> None:

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from StressClient import generators, report  # noqa: E402
-from StressClient.__main__ import connection, preflight  # noqa: E402
+from StressClient.__main__ import connection, positive, preflight  # noqa: E402
 from StressClient.client import FrontEnd  # noqa: E402
 from StressClient.runner import Arrival, Runner, RunOptions  # noqa: E402
 from StressClient.templates import Template  # noqa: E402
@@ -130,16 +130,6 @@ def rates(text: str) -> list[float]:
     if not vals or any(v <= 0 for v in vals):
         raise argparse.ArgumentTypeError(f"rates must be > 0, got {text!r}")
     return sorted(vals)
-
-
-def positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return v
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 import Management  # noqa: E402
 from Common.config import Config  # noqa: E402
 from Common.config import load as load_config  # noqa: E402
+from StressClient.__main__ import positive, positive_int  # noqa: E402
 
 BENCH_ENV = {
     "RSWARM_RUN_DIR": str(Path(tempfile.gettempdir()) / "rsw-bench-frontend"),
@@ -174,26 +175,6 @@ def rate_list(text: str) -> list[float]:
     if not rates or any(r <= 0 for r in rates):
         raise argparse.ArgumentTypeError(f"rates must be > 0, got {text!r}")
     return rates
-
-
-def positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return v
-
-
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return v
 
 
 def bring_up() -> Config:
