@@ -441,6 +441,22 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def resolve_images(names: list[str]) -> list[str]:
+    """Local image names to load into the hosts; "epm" stands for the EPM image of this checkout's agent
+    code, built here first if missing."""
+    out = []
+    for name in names:
+        if name == "epm":
+            import docker
+
+            from Worker import epm_image
+
+            out.append(epm_image.ensure(docker.APIClient(base_url=f"unix://{DOCKER_SOCK}", timeout=300)))
+        else:
+            out.append(name)
+    return out
+
+
 def cluster_command(cfg: Config, args: argparse.Namespace) -> int:
     from Common.ops import cluster, emulated
 
@@ -454,7 +470,7 @@ def cluster_command(cfg: Config, args: argparse.Namespace) -> int:
                 from Common.resources import parse_memory
 
                 parse_memory(args.memory)
-            images = [i for i in args.images.split(",") if i]
+            images = resolve_images([i for i in args.images.split(",") if i])
             cluster.cluster_up(cfg, args.workers, args.tag, args.subnet, args.cores, args.memory,
                                args.experimental, images=images)
             if not args.no_system:

@@ -15,14 +15,14 @@ from pymongo.errors import DuplicateKeyError
 from Common.api import ERROR_SCHEMA, int_arg, json_body, require_token
 from Common.errors import Conflict, Invalid, NotFound, Unschedulable
 from Common.jobspec import JobSpec, Limits, validate_job
+from Common.placement import never_fits
+from Common.placement.snapshot import job_request, node_from_worker
 from Common.resources import format_cpuset
 from Common.states import JOB_TERMINAL, JobState
 from FrontEnd.context import CLUSTER_SNAPSHOT, ctx
 from FrontEnd.scheduler import active
 from FrontEnd.schemas import JOB_CREATED_SCHEMA, JOB_PAGE_SCHEMA, JOB_SCHEMA, JOB_VIEW_SCHEMA
 from FrontEnd.views import job_url, job_view
-from JobManager.placement import never_fits
-from JobManager.placement.snapshot import job_request, node_from_worker
 
 ns = Namespace("jobs", description="Submit, list, inspect and cancel jobs")
 job_body = ns.schema_model("JobDefinition", JOB_SCHEMA)

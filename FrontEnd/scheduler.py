@@ -14,10 +14,10 @@ from flask_restx import Namespace, Resource
 
 from Common.api import ERROR_SCHEMA, int_arg, json_body, require_token
 from Common.errors import Invalid
+from Common.placement import STRATEGIES, OptionError, SchedulerOptions, parse_options, place, stored_options
+from Common.placement.options import DESCRIPTIONS
+from Common.placement.snapshot import job_request_from_doc, node_from_worker
 from FrontEnd.context import CLUSTER_SNAPSHOT, ctx
-from JobManager.placement import STRATEGIES, OptionError, SchedulerOptions, parse_options, place, stored_options
-from JobManager.placement.options import DESCRIPTIONS
-from JobManager.placement.snapshot import job_request_from_doc, node_from_worker
 
 OPTIONS_SCHEMA = {
     "type": "object",

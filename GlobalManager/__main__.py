@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import shutil
+import logging
 import sys
-from pathlib import Path
 
 import docker
 
-from Common.config import ConfigError
-from Common.config import load as load_config
-from Common.logs import setup
+from Common import actor
+from Common.config import Config
 from Common.serve import serve
 
 
-def _multiprocess_metrics(path: Path) -> None:
-    """prometheus_client's multiprocess mode for this gunicorn-served actor (see Common/metrics.py): it is
-    chosen by this variable before prometheus_client is first imported; the directory starts empty."""
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
-
-
-def main() -> int:
-    log = setup("globalmanager")
-    try:
-        cfg = load_config()
-    except ConfigError as exc:
-        print(f"globalmanager: config error: {exc}", file=sys.stderr)
-        return 2
-    if not cfg.token():
-        print("globalmanager: no API token (set RSWARM_API_TOKEN or run Management.py up)", file=sys.stderr)
-        return 2
-    _multiprocess_metrics(cfg.run_path / "metrics" / "globalmanager")
+def body(cfg: Config, log: logging.Logger) -> int:
     from Common.metrics import start_metrics_server
     from Common.store import Store
     from GlobalManager.app import create_app
@@ -55,6 +34,10 @@ def main() -> int:
     # One process: it owns the PUB socket and the subnet allocation lock.
     serve(lambda: create_app(cfg), cfg.globalmanager.host, cfg.globalmanager.port, 1, 8, "rswarm-globalmanager")
     return 0
+
+
+def main() -> int:
+    return actor.main("globalmanager", body, multiprocess_metrics=True)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,13 @@ from typing import Any
 from Common.config import Config
 from Common.messaging import Receiver
 from Common.metrics import JOB_WAIT_SECONDS, PLACEMENT_DECISIONS, PLACEMENT_SECONDS, SCHEDULE_SECONDS
+from Common.placement import STRATEGIES, Preemption, SchedulerOptions, place, stored_options
+from Common.placement.snapshot import job_request_from_doc, node_from_worker, running_from_doc
 from Common.states import TASK_TERMINAL, JobState, TaskState
 from Common.store import Store
 from Common.store.workers import Alloc, alloc_key
 from JobManager.gm_client import GMClient
 from JobManager.migrations import MigrationPlacer
-from JobManager.placement import STRATEGIES, Preemption, SchedulerOptions, place, stored_options
-from JobManager.placement.snapshot import job_request_from_doc, node_from_worker, running_from_doc
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ class JobManager:
         self.gm = GMClient(cfg.globalmanager_url, cfg.token())
         self.calls = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gm-call")
         self.stopping = threading.Event()
-        self.migrations = MigrationPlacer(self)
+        self.migrations = MigrationPlacer(self.store, self.strategy, self.options,
+                                          lambda job_id: self.calls.submit(self.gm.stop, job_id))
         # When a job is leased by a placer that may have died, look again as soon as the lease expires
         # instead of waiting for the slow sweep.
         self.retry_at = float("inf")

@@ -10,24 +10,29 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+from Common.placement import JobRequest, SchedulerOptions, TaskRequest, place
+from Common.placement.snapshot import node_from_worker
 from Common.states import TaskState
+from Common.store import Store
 from Common.store import migrations as mg
 from Common.store.workers import Alloc, alloc_key
-from JobManager.placement import JobRequest, TaskRequest, place
-from JobManager.placement.snapshot import node_from_worker
-
-if TYPE_CHECKING:
-    from JobManager.manager import JobManager
 
 log = logging.getLogger(__name__)
 
 
 class MigrationPlacer:
-    def __init__(self, jm: JobManager) -> None:
-        self.jm = jm
-        self.store = jm.store
+    """The JobManager's collaborator for migrations. It is handed what it needs (the store, the active
+    strategy and options, a way to hint nodes) and never imports the manager back."""
+
+    def __init__(self, store: Store, strategy: Callable[[], str], options: Callable[[], SchedulerOptions],
+                 hint_nodes: Callable[[str], object]) -> None:
+        self.store = store
+        self.strategy = strategy
+        self.options = options
+        self.hint_nodes = hint_nodes
 
     def fail(self, m: dict[str, Any], reason: str) -> None:
         if self.store.migrations.advance(m["_id"], mg.FAILED, reason=reason):
@@ -67,7 +72,7 @@ class MigrationPlacer:
             return False
         request = JobRequest(job_id=m["job_id"], priority=job.get("priority", 0),
                              tasks=[TaskRequest(name=m["task"], cores=t["req_cores"], mem=t["mem_bytes"])])
-        plan = place([request], [node_from_worker(w) for w in workers], self.jm.strategy(), self.jm.options())
+        plan = place([request], [node_from_worker(w) for w in workers], self.strategy(), self.options())
         if m["job_id"] not in plan.placed:
             self.fail(m, plan.waiting.get(m["job_id"], "it fits no node"))
             return False
@@ -88,5 +93,5 @@ class MigrationPlacer:
             return False
         log.info("migration %s: %s/%s from %s to %s cores %s", m["_id"], m["job_id"], m["task"], m["source"],
                  node, cores)
-        self.jm.calls.submit(self.jm.gm.stop, m["job_id"])  # hint the nodes (stop only acts on cancelled jobs)
+        self.hint_nodes(m["job_id"])  # the GM's stop hint reaches the nodes (it only acts on cancelled jobs)
         return True

@@ -13,26 +13,41 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import docker
 
+from Common.config import Config
+from Common.messaging import Sender
 from Common.resources import format_cpuset
 from Common.states import TaskState
+from Common.store import Store
 from Common.store import checkpoints as ck
 from Common.store import migrations as mg
 from Common.store.checkpoints import CheckpointError
 from Common.store.jobs import container_name
-from Worker.engine import Observed, StartFailed
-
-if TYPE_CHECKING:
-    from Worker.worker import Worker
+from Worker.engine import Engine, Observed, StartFailed
+from Worker.evms import EvmSync
 
 log = logging.getLogger(__name__)
 
 
+class Node(Protocol):
+    """What the lifecycle needs of the Worker that owns it (the Worker satisfies it structurally, so this
+    module never imports the Worker back)."""
+
+    cfg: Config
+    name: str
+    store: Store
+    engine: Engine
+    reports: Sender
+    evms: EvmSync
+
+    def report(self, job_id: str, task: str, attempt: int, state: TaskState, **extra: Any) -> None: ...
+
+
 class Lifecycle:
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Node) -> None:
         self.w = worker
         self.applied: dict[str, int] = {}  # container id -> resources generation applied (this process)
         self.ckpt_root = worker.cfg.run_path / "checkpoints"

@@ -30,7 +30,7 @@ from decimal import Decimal
 from math import ceil
 from pathlib import Path
 
-from JobManager.placement import STRATEGIES, JobRequest, Node, TaskRequest, place
+from Common.placement import STRATEGIES, JobRequest, Node, TaskRequest, place
 
 DEFAULT_STRATEGIES = ["swarm-spread", "first-fit", "best-fit", "first-fit-decreasing", "best-fit-decreasing",
                       "min-slack"]

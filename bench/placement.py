@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from JobManager.placement import STRATEGIES, JobRequest, Node, TaskRequest, pipeline, place
-from JobManager.placement.cores import pick_cores
+from Common.placement import STRATEGIES, JobRequest, Node, TaskRequest, pipeline, place
+from Common.placement.cores import pick_cores
 
 GIB = 1024**3
 CORES = 32

@@ -7,7 +7,7 @@ from collections import defaultdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from JobManager.placement import (
+from Common.placement import (
     STRATEGIES,
     JobRequest,
     Node,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from JobManager.placement import (
+from Common.placement import (
     STRATEGIES,
     JobRequest,
     Node,
@@ -15,7 +15,7 @@ from JobManager.placement import (
     never_fits,
     place,
 )
-from JobManager.placement.cores import pick_cores
+from Common.placement.cores import pick_cores
 
 G = 1024**3
 M = 1024**2

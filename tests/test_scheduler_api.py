@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from Common.placement import STRATEGIES, SchedulerOptions
 from Common.resources import parse_cpuset
 from FrontEnd.app import create_app
 from JobManager.manager import JobManager
-from JobManager.placement import STRATEGIES, SchedulerOptions
 from tests.helpers import Api, docker_client, sleeper, task_job, wait_for
 
 pytestmark = [pytest.mark.system]

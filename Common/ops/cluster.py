@@ -20,23 +20,6 @@ from Common.ops.remote import start_worker as remote_start
 from Common.ops.remote import stop_worker as remote_stop
 from Common.ops.remote import worker_pid as remote_pid
 
-IMAGES = ["rswarm/task:1", "epm"]  # "epm": the EPM image of this checkout's agent code, built here if missing
-
-
-def resolve_images(names: list[str]) -> list[str]:
-    """Local image names to load into the hosts; "epm" stands for the current EPM image."""
-    out = []
-    for name in names:
-        if name == "epm":
-            import docker
-
-            from Worker import epm_image
-
-            out.append(epm_image.ensure(docker.APIClient(base_url="unix:///var/run/docker.sock", timeout=300)))
-        else:
-            out.append(name)
-    return out
-
 
 def cluster_dir(cfg: Config) -> Path:
     return cfg.run_path / "cluster"
@@ -84,7 +67,8 @@ def control_env(cfg: Config) -> dict[str, str]:
 
 # ---- cluster up / down / status -----------------------------------------------------------------
 def cluster_up(cfg: Config, workers: int, tag: str, subnet: str, cores: str, memory: str,
-               experimental: bool, say=print, images: list[str] | None = None) -> emulated.ClusterSpec:
+               experimental: bool, images: list[str], say=print) -> emulated.ClusterSpec:
+    """Build the emulated hosts and load ``images`` (local image names, already built) into each."""
     cdir = cluster_dir(cfg)
     existing = load_spec(cfg)
     if existing is not None and _healthy(existing):
@@ -103,7 +87,7 @@ def cluster_up(cfg: Config, workers: int, tag: str, subnet: str, cores: str, mem
         emulated.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"rswarm-{tag}", "-f", str(key)])
     t0 = time.monotonic()
     say(f"starting {workers + 1} emulated hosts on {spec.bridge} ({spec.subnet})")
-    emulated.up(spec, (cdir / "id_ed25519.pub").read_text(), resolve_images(IMAGES if images is None else images),
+    emulated.up(spec, (cdir / "id_ed25519.pub").read_text(), images,
                 experimental)
     spec.created_at = time.time()
     spec.experimental = experimental

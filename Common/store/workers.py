@@ -19,6 +19,7 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.database import Database
 
 from Common.metrics import CLAIMS, RELEASES
+from Common.placement.cores import pick_cores  # the same contiguous-core rule as placement
 from Common.store.events import EventLog
 
 READY = "READY"  # takes new work
@@ -155,8 +156,6 @@ class WorkerStore:
                exact: list[int] | None = None) -> dict[str, Any] | str:
         """Change one allocation in place: keep what it can of its cores, take contiguous free ones next to
         them when it grows (or exactly ``exact``). Returns the new allocation, or why it cannot."""
-        from JobManager.placement.cores import pick_cores  # the same contiguous-core rule as placement
-
         for _ in range(self.max_claim_attempts):
             doc = self.col.find_one({"_id": name})
             if doc is None or doc.get("state") not in (READY, DRAINING):

@@ -9,9 +9,9 @@ evict its evictor in return. At most one preemption per pass: the JobManager re-
 
 from __future__ import annotations
 
-from JobManager.placement.model import JobRequest, Plan, Preemption, RunningJob
-from JobManager.placement.pipeline import Pass, decreasing, place_job
-from JobManager.placement.state import ClusterState
+from Common.placement.model import JobRequest, Plan, Preemption, RunningJob
+from Common.placement.pipeline import Pass, decreasing, place_job
+from Common.placement.state import ClusterState
 
 
 def _holds(state: ClusterState, victim: RunningJob) -> bool:

@@ -19,10 +19,10 @@ whole or not at all (gang). They differ in the order they consider work and in h
 
 from __future__ import annotations
 
-from JobManager.placement import reasons
-from JobManager.placement.model import JobRequest, Plan
-from JobManager.placement.pipeline import Pass, Score, decreasing, place_batch_decreasing, place_job, record
-from JobManager.placement.state import ClusterState
+from Common.placement import reasons
+from Common.placement.model import JobRequest, Plan
+from Common.placement.pipeline import Pass, Score, decreasing, place_batch_decreasing, place_job, record
+from Common.placement.state import ClusterState
 
 
 def fifo(jobs: list[JobRequest]) -> list[JobRequest]:

@@ -8,9 +8,9 @@ Nothing here can go negative: ``take`` refuses what is not free.
 
 from __future__ import annotations
 
-from JobManager.placement.cores import add_cores, largest_block, remove_cores
-from JobManager.placement.index import BestFitBuckets, FirstFitTree
-from JobManager.placement.model import Node
+from Common.placement.cores import add_cores, largest_block, remove_cores
+from Common.placement.index import BestFitBuckets, FirstFitTree
+from Common.placement.model import Node
 
 
 class OverCommit(RuntimeError):

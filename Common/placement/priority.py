@@ -14,10 +14,10 @@ Each job is placed whole, its tasks largest first, each on its best-fit node.
 
 from __future__ import annotations
 
-from JobManager.placement.model import JobRequest, Plan
-from JobManager.placement.pipeline import Pass, decreasing, place_job, record
-from JobManager.placement.state import ClusterState
-from JobManager.placement.strategies import Strategy
+from Common.placement.model import JobRequest, Plan
+from Common.placement.pipeline import Pass, decreasing, place_job, record
+from Common.placement.state import ClusterState
+from Common.placement.strategies import Strategy
 
 
 def effective_priority(job: JobRequest, now: float, aging_seconds: float) -> int:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from Common.placement.model import JobRequest, TaskRequest
+from Common.placement.state import ClusterState
 from Common.resources import format_cpuset
-from JobManager.placement.model import JobRequest, TaskRequest
-from JobManager.placement.state import ClusterState
 
 
 def cores(n: int) -> str:

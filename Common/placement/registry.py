@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from JobManager.placement.pack import MinSlack
-from JobManager.placement.priority import Priority
-from JobManager.placement.strategies import (
+from Common.placement.pack import MinSlack
+from Common.placement.priority import Priority
+from Common.placement.strategies import (
     BestFit,
     BestFitDecreasing,
     FirstFit,

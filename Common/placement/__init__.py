@@ -4,10 +4,10 @@ Read docs/placement.md first. Entry points: ``place(jobs, cluster, strategy_name
 and ``never_fits(job, capacity, strategy_name)``; ``STRATEGIES`` names every strategy.
 """
 
-from JobManager.placement.model import JobRequest, Node, Plan, Preemption, RunningJob, RunningTask, TaskRequest
-from JobManager.placement.options import OptionError, SchedulerOptions, parse_options, stored_options
-from JobManager.placement.pipeline import never_fits, place
-from JobManager.placement.registry import STRATEGIES, get_strategy
+from Common.placement.engine import never_fits, place
+from Common.placement.model import JobRequest, Node, Plan, Preemption, RunningJob, RunningTask, TaskRequest
+from Common.placement.options import OptionError, SchedulerOptions, parse_options, stored_options
+from Common.placement.registry import STRATEGIES, get_strategy
 
 __all__ = [
     "STRATEGIES",

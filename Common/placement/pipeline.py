@@ -22,15 +22,14 @@ or talks to Docker.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from JobManager.placement import reasons
-from JobManager.placement.cores import pick_cores
-from JobManager.placement.model import JobRequest, Node, Plan, RunningJob, TaskRequest
-from JobManager.placement.options import SchedulerOptions
-from JobManager.placement.state import ClusterState
+from Common.placement import reasons
+from Common.placement.cores import pick_cores
+from Common.placement.model import JobRequest, Node, Plan, TaskRequest
+from Common.placement.options import SchedulerOptions
+from Common.placement.state import ClusterState
 
 Score = Callable[[int, int], "int | None"]  # (cores, memory) -> the chosen node's index, or None
 Outcome = dict[str, tuple[str, list[int]]] | str  # a job's placement, or why it waits
@@ -176,32 +175,3 @@ def mark_never(plan: Plan, jobs: list[JobRequest], p: Pass) -> None:
         if why is not None:
             plan.waiting[job_id] = reasons.never(why)
             plan.never.add(job_id)
-
-
-def place(jobs: list[JobRequest], cluster: list[Node], strategy_name: str, options: SchedulerOptions | None = None,
-          now: float | None = None, running: list[RunningJob] | None = None) -> Plan:
-    """Plan the queue onto the cluster with the named strategy. ``cluster`` is not modified.
-
-    ``running`` (the placed jobs) is only needed when ``options.preemption`` is on.
-    """
-    from JobManager.placement.preempt import preempt
-    from JobManager.placement.registry import get_strategy
-
-    strategy = get_strategy(strategy_name)
-    p = Pass(ClusterState(cluster), cluster, options or SchedulerOptions(), time.time() if now is None else now)
-    plan = strategy.plan(jobs, p)
-    mark_never(plan, jobs, p)
-    if p.options.preemption and running:
-        preempt(plan, jobs, running, p)
-    return plan
-
-
-def never_fits(job: JobRequest, capacity: list[Node], strategy_name: str) -> str | None:
-    """The reason ``job`` could not be placed even on the whole, idle cluster; None if it could."""
-    from JobManager.placement.registry import get_strategy
-
-    strategy = get_strategy(strategy_name)
-    refusal = strategy.refuses(job)
-    if refusal is not None:
-        return refusal
-    return capacity_reason(job, ClusterState([n.empty() for n in capacity]))

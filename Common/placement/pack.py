@@ -30,11 +30,11 @@ from collections import defaultdict
 from itertools import combinations
 from math import ceil
 
-from JobManager.placement.cores import pick_cores
-from JobManager.placement.model import JobRequest, Plan, TaskRequest
-from JobManager.placement.pipeline import Pass, decreasing, place_batch_decreasing, place_job, record
-from JobManager.placement.state import ClusterState
-from JobManager.placement.strategies import Strategy, fifo
+from Common.placement.cores import pick_cores
+from Common.placement.model import JobRequest, Plan, TaskRequest
+from Common.placement.pipeline import Pass, decreasing, place_batch_decreasing, place_job, record
+from Common.placement.state import ClusterState
+from Common.placement.strategies import Strategy, fifo
 
 log = logging.getLogger(__name__)
 

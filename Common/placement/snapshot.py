@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from Common.placement.model import JobRequest, Node, RunningJob, RunningTask, TaskRequest
 from Common.resources import parse_cpuset
 from Common.states import TASK_TERMINAL
-from JobManager.placement.model import JobRequest, Node, RunningJob, RunningTask, TaskRequest
 
 
 def node_from_worker(doc: dict[str, Any], empty: bool = False) -> Node:
