@@ -329,19 +329,30 @@ def status(cfg: Config) -> dict[str, Any]:
     return out
 
 
-def print_status(st: dict[str, Any]) -> None:
-    def table(title: str, headers: list[str], rows: list[list[Any]], empty: str) -> None:
-        print(f"\n{title}")
-        if not rows:
-            print(f"  ({empty})")
-            return
-        cells = [[str(c) for c in r] for r in [headers, *rows]]
-        widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-        for n, r in enumerate(cells):
-            print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-            if n == 0:
-                print("  " + "  ".join("-" * w for w in widths))
+def table(title: str, headers: list[str], rows: list[list[Any]], empty: str) -> None:
+    print(f"\n{title}")
+    if not rows:
+        print(f"  ({empty})")
+        return
+    cells = [[str(c) for c in r] for r in [headers, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, r in enumerate(cells):
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  " + "  ".join("-" * w for w in widths))
 
+
+def print_workers(sm: dict[str, Any]) -> None:
+    """The WORKERS table of `status` (and of the demo's last lines), from ``cluster_summary``."""
+    table("WORKERS", ["worker", "state", "cores used", "occupancy (# = claimed)", "memory free", "tasks", "heartbeat"],
+          [[w["id"], w["state"], f"{w['used']}/{w['capacity']}",
+            "".join("#" if c["busy"] else "." for c in w["cores"]),
+            f"{w['mem_free'] // 2**20}/{w['mem_total'] // 2**20} MiB", w["tasks"],
+            "-" if w["heartbeat_age"] is None else f"{w['heartbeat_age']} s ago"] for w in sm["workers"]],
+          "no worker has registered")
+
+
+def print_status(st: dict[str, Any]) -> None:
     print(f"run dir       {st['run_dir']}")
     print(f"token file    {st['token_file']}")
     print(f"Swagger UI    {st['swagger_ui']}")
@@ -360,12 +371,7 @@ def print_status(st: dict[str, Any]) -> None:
     if not sm:
         print("jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(cl.get("jobs", {}).items())) or "none"))
         return
-    table("WORKERS", ["worker", "state", "cores used", "occupancy (# = claimed)", "memory free", "tasks", "heartbeat"],
-          [[w["id"], w["state"], f"{w['used']}/{w['capacity']}",
-            "".join("#" if c["busy"] else "." for c in w["cores"]),
-            f"{w['mem_free'] // 2**20}/{w['mem_total'] // 2**20} MiB", w["tasks"],
-            "-" if w["heartbeat_age"] is None else f"{w['heartbeat_age']} s ago"] for w in sm["workers"]],
-          "no worker has registered")
+    print_workers(sm)
     more = f", oldest waits {sm['oldest_wait_seconds']} s" if sm["queue_length"] else ""
     table(f"QUEUE ({sm['queue_length']} waiting{more})", ["#", "job", "name", "prio", "cores", "waiting", "why"],
           [[q["position"], q["id"], q["name"], q["priority"], q["cores"], f"{q['waiting_seconds']} s", q["reason"]]
@@ -417,7 +423,9 @@ def demo(cfg: Config) -> None:
         if done:
             break
         time.sleep(0.5)
-    print(f"\nworkers: {requests.get(f'{base}/workers', timeout=10).json()['items']}")
+    summary = status(cfg).get("summary")
+    if summary:
+        print_workers(summary)
     print(f"The system is still up: `{sys.executable} Management.py status`; stop it with `Management.py down`.")
 
 
@@ -439,6 +447,24 @@ def _positive_int(text: str) -> int:
     if not 1 <= n <= 64:
         raise argparse.ArgumentTypeError("must be 1..64")
     return n
+
+
+def forget_workers(cfg: Config, names: list[str]) -> None:
+    """Hosts taken away for good leave no DOWN ghosts behind: their records go (at once, or once Discovery
+    has moved their work away). Skipped quietly when the database is not up."""
+    from pymongo.errors import PyMongoError
+
+    from Common.store import Store
+
+    try:
+        store = Store.connect(cfg, "management")
+        try:
+            for name in names:
+                store.workers.forget(name)
+        finally:
+            store.close()
+    except PyMongoError as exc:
+        print(f"Management.py: workers not forgotten in MongoDB ({exc.__class__.__name__})", file=sys.stderr)
 
 
 def resolve_images(names: list[str]) -> list[str]:
@@ -476,7 +502,10 @@ def cluster_command(cfg: Config, args: argparse.Namespace) -> int:
             if not args.no_system:
                 up(cfg)
         elif args.cluster_command == "down":
-            if cluster.load_spec(cfg) is not None:
+            spec = cluster.load_spec(cfg)
+            if spec is not None:
+                cluster.apply_cluster_mode(cfg)
+                forget_workers(cfg, [h.name for h in spec.workers])
                 down(cfg)
             cluster.cluster_down(cfg)
         else:

@@ -91,6 +91,8 @@ class Discovery:
                 state = DOWN
             if state in (DOWN, DRAINING):
                 self.evacuate(w["_id"], "node down" if state == DOWN else "node drained")
+        for name in self.store.workers.purge_forgotten():
+            log.info("worker %s forgotten (its cluster was taken down)", name)
         self.evms.sweep()
 
     def evacuate(self, node: str, why: str) -> int:

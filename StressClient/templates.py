@@ -11,6 +11,9 @@ a list of strings, where ``{duration}`` is replaced by the drawn duration) overr
 which otherwise runs ``sleep <duration>``. ``network`` becomes ``job_info.network``; ``evms`` is an
 opaque object sent as the job's ``evms`` field only when the run asks for it (``--evms``).
 
+A template may also be a plain job definition, exactly what ``POST /api/v1/jobs`` takes (it has a
+``job_info``): every job of the run is that job, named ``<job_name or "job">-<index>``.
+
 Rendering is deterministic: job ``i`` of a run with seed ``s`` is drawn from its own generator, so it
 does not depend on how many other jobs were rendered before it or in which thread.
 """
@@ -115,6 +118,8 @@ class Template:
     def from_dict(cls, raw: Any, source: str = "<inline>", with_evms: bool = False) -> Template:
         if not isinstance(raw, dict):
             raise TemplateError(f"{source}: a template is a JSON object")
+        if "job_info" in raw:
+            return JobTemplate.from_job(raw, source, with_evms)
         unknown = sorted(set(raw) - FIELDS)
         if unknown:
             raise TemplateError(f"{source}: unknown field {unknown[0]!r} (known: {', '.join(sorted(FIELDS))})")
@@ -198,6 +203,35 @@ class Template:
             body["job_info"]["network"] = dict(s["network"])
         if self.with_evms and s.get("evms") is not None:
             body["evms"] = json.loads(json.dumps(s["evms"]))
+        return body
+
+
+@dataclass
+class JobTemplate(Template):
+    """A plain job definition used as a template: rendered as itself, renamed per job."""
+
+    @classmethod
+    def from_job(cls, raw: dict[str, Any], source: str, with_evms: bool = False) -> JobTemplate:
+        # The FrontEnd's own validator, so a definition the API takes is a template and one it refuses is
+        # refused here with the same field. Volume paths are checked by the FrontEnd against its own
+        # volume root, which this client cannot see, so they are left to it.
+        from Common.errors import Invalid
+        from Common.jobspec import Limits, validate_job
+
+        probe = json.loads(json.dumps(raw))
+        for t in ((probe.get("job_info") or {}).get("tasks") or {}).values():
+            if isinstance(t, dict):
+                t.pop("volumes", None)
+        try:
+            validate_job(probe, Limits())
+        except Invalid as exc:
+            raise TemplateError(f"{source}: {exc.field or 'job'}: {exc.message}") from None
+        name = raw.get("job_name") or "job"
+        return cls({"name": name, "job": raw}, source, with_evms)
+
+    def render(self, index: int, seed: int = 1, prefix: str | None = None) -> dict[str, Any]:
+        body = json.loads(json.dumps(self.spec["job"]))
+        body["job_name"] = f"{prefix or self.name}-{index:06d}"[:127]
         return body
 
 

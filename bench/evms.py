@@ -34,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from Common import cgroups  # noqa: E402
 from tests.evm_harness import EpmContainer, addresses, remove_leftovers  # noqa: E402
 
 MERAK_SCRIPT = r"""
@@ -97,8 +98,12 @@ def live_netns() -> int:
 
 
 def kmem(e: EpmContainer) -> int:
-    p = Path(f"/sys/fs/cgroup/memory/docker/{e.container.id}/memory.kmem.usage_in_bytes")
-    return int(p.read_text()) if p.exists() else 0
+    """Kernel memory charged to the EPM's cgroup; 0 where the layout has no such file (cgroup v2)."""
+    try:
+        e.container.reload()
+        return int(cgroups.read(e.container.attrs["State"]["Pid"], "kmem_usage"))
+    except (cgroups.Unsupported, FileNotFoundError):
+        return 0
 
 
 def pct(values: list[float], q: float) -> float:

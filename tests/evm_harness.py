@@ -21,6 +21,7 @@ from typing import Any
 
 import docker
 
+from Common import cgroups
 from Common.evmspec import mac_for
 from Worker import epm_image
 from Worker.epm_link import BadReport, EpmLink, desired_doc, parse_report
@@ -277,12 +278,9 @@ class EpmContainer:
         return pid
 
     def memory_usage(self) -> int:
-        """Bytes charged to the container's memory cgroup (cgroup v1)."""
-        cid = self.container.id
-        for base in (f"/sys/fs/cgroup/memory/docker/{cid}", f"/sys/fs/cgroup/memory/system.slice/docker-{cid}.scope"):
-            with contextlib.suppress(FileNotFoundError):
-                return int(Path(base, "memory.usage_in_bytes").read_text())
-        raise FileNotFoundError("memory cgroup of the container")
+        """Bytes charged to the container's memory cgroup (either cgroup layout)."""
+        self.container.reload()
+        return int(cgroups.read(self.container.attrs["State"]["Pid"], "memory_usage"))
 
     def logs(self) -> str:
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from Common import cgroups
 from Common.ops import emulated
 from Common.ops.remote import RemoteError, RemoteHost, Session, load_inventory, trust_host_key
 from tests.conftest import SLOT
@@ -282,8 +283,8 @@ def test_update_changes_the_real_cgroup_values(cluster: Cluster) -> None:
     done = wait_for("the update to be applied", lambda: (x := api.job(job_id)["tasks"]["t"]).get("applied")
                     and x["applied"]["generation"] >= gen and x, 120)
     assert done["applied"]["ok"] is True and done["cpuset"] == "0-1" and done["req_cores"] == 2
-    cgroup = cluster.docker(node, "exec", done["container_id"], "cat", "/sys/fs/cgroup/cpuset/cpuset.cpus",
-                            "/sys/fs/cgroup/memory/memory.limit_in_bytes").split()
+    cgroup = cluster.docker(node, "exec", done["container_id"], "cat", cgroups.inside_path("cpus"),
+                            cgroups.inside_path("memory_limit")).split()
     assert cgroup == ["0-1", str(96 * 2**20)]
     w = api.get(f"/workers/{node}").json()
     assert w["free_core_count"] == 0  # the claim grew with it

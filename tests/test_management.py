@@ -98,3 +98,16 @@ def test_bad_config_file_names_the_key(second_env, tmp_path: Path) -> None:
     bad.write_text("api_token = 'secret'\n")
     r = _run(["--config", str(bad), "status"], second_env, timeout=60)
     assert r.returncode == 2 and "RSWARM_API_TOKEN" in r.stderr
+
+
+def test_demo_runs_its_jobs_to_completed_and_ends_with_the_workers_table(second_env: dict[str, str]) -> None:
+    try:
+        demo = _run(["demo"], second_env, timeout=420)
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        out = demo.stdout
+        assert out.count("COMPLETED") >= 3, out
+        tail = out[out.rindex("WORKERS"):]
+        assert "worker" in tail and "occupancy" in tail and "READY" in tail, tail
+        assert "[{" not in tail and "'id':" not in tail  # a table, not a raw Python list of dicts
+    finally:
+        _run(["down"], second_env)

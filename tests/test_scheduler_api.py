@@ -44,7 +44,8 @@ def test_get_shows_the_strategy_its_options_and_every_strategy(api: Api) -> None
     assert all(s["summary"] for s in body["strategies"])
 
 
-def test_put_changes_the_strategy_and_options_and_it_survives_restarts(scheduler: Api, store, system) -> None:
+def test_put_stores_the_strategy_and_options_where_new_jobmanager_and_frontend_instances_read_them(
+        scheduler: Api, store, system) -> None:
     r = scheduler.put("/scheduler", json={"strategy": "best-fit-decreasing", "options": {"aging_seconds": 5}})
     assert r.status_code == 200, r.text
     assert r.json()["strategy"] == "best-fit-decreasing" and r.json()["options"]["aging_seconds"] == 5

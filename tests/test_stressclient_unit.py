@@ -318,3 +318,24 @@ def test_management_stress_forwards_to_the_stressclient(capsys: pytest.CaptureFi
     assert "argument --rate" in capsys.readouterr().err
     assert Management.main(["stress", "steady", "--rate", "2", "--count", "3", "--dry-run"]) == 0
     assert "3 arrivals" in capsys.readouterr().out
+
+
+def test_a_plain_job_definition_is_a_template_rendered_as_itself_renamed_per_job(tmp_path) -> None:
+    from Common.jobspec import Limits, validate_job
+
+    job = {"job_name": "hello", "priority": 3, "job_info": {
+        "network": {"name": "hello-net", "driver": "overlay"},
+        "tasks": {"t1": {"image": "rswarm/task:1", "command": "sleep 5", "req_cores": 1, "mem_limit": "64m"}}}}
+    f = tmp_path / "job.json"
+    f.write_text(json.dumps(job))
+    t = Template.load(f)
+    a, b = t.render(0, seed=1), t.render(1, seed=1, prefix="run")
+    assert a["job_name"] == "hello-000000" and b["job_name"] == "run-000001"
+    assert a["job_info"] == job["job_info"] and a["priority"] == 3
+    validate_job(a, Limits())  # what the FrontEnd takes
+
+
+def test_a_plain_job_definition_the_api_would_refuse_is_refused_naming_the_field() -> None:
+    bad = {"job_info": {"tasks": {"t1": {"image": "rswarm/task:1", "req_cores": 0}}}}
+    with pytest.raises(TemplateError, match="req_cores"):
+        Template.from_dict(bad, "bad.json")

@@ -90,7 +90,7 @@ class WorkerStore:
             }
             res = self.col.find_one_and_update(
                 {"_id": name, "generation": doc["generation"]},
-                {"$set": update, "$inc": {"generation": 1}},
+                {"$set": update, "$unset": {"forget_requested": ""}, "$inc": {"generation": 1}},
                 return_document=ReturnDocument.AFTER,
             )
             if res is not None:
@@ -139,7 +139,7 @@ class WorkerStore:
                 update[f"allocations.{a.key}"] = a.doc()
             res = self.col.find_one_and_update(
                 {"_id": name, "generation": doc["generation"]},
-                {"$set": update, "$inc": {"generation": 1}},
+                {"$set": update, "$unset": {"forget_requested": ""}, "$inc": {"generation": 1}},
                 return_document=ReturnDocument.AFTER,
             )
             if res is not None:
@@ -241,6 +241,27 @@ class WorkerStore:
                       "state": DRAINING}, "$inc": {"generation": 1}},
             return_document=ReturnDocument.AFTER,
         )
+
+    def forget(self, name: str) -> bool:
+        """The operator took this node away for good (``cluster down``): delete its record now if it holds
+        no claim (True); otherwise mark it DOWN and to be forgotten, so Discovery moves its work away and
+        then deletes it (``purge_forgotten``). A Worker registering again under the name cancels this."""
+        if self.col.delete_one({"_id": name, "allocations": {}}).deleted_count == 1:
+            self.events.record("node_forgotten", node=name)
+            return True
+        self.col.update_one({"_id": name, "state": {"$ne": REMOVED}},
+                            {"$set": {"state": DOWN, "forget_requested": True, "down_at": time.time()},
+                             "$inc": {"generation": 1}})
+        return False
+
+    def purge_forgotten(self) -> list[str]:
+        """Delete the records of forgotten nodes whose claims are all gone."""
+        gone = []
+        for doc in self.col.find({"forget_requested": True, "allocations": {}}, {"_id": 1}):
+            if self.col.delete_one({"_id": doc["_id"], "forget_requested": True, "allocations": {}}).deleted_count:
+                self.events.record("node_forgotten", node=doc["_id"])
+                gone.append(doc["_id"])
+        return gone
 
     def mark_removed(self, name: str) -> None:
         self.col.update_one({"_id": name}, {"$set": {"state": REMOVED, "removed_at": time.time()},
