@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import zmq
 
 from Common import messaging
 from Common.config import ConfigError, load
-from Common.keys import Keyring, node_key
+from Common.keys import Keyring, node_key, worker_keyring, write_key_file
 from Common.resources import format_cpuset, parse_cpuset, parse_memory
 from Common.states import JobState, TaskState, derive_job_state, task_states_before
 
 MASTER = "unit-test-master-token"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---- states -----------------------------------------------------------------------------------
@@ -162,6 +167,26 @@ def test_replay_guard_drops_replays_and_stale_frames_and_accepts_a_restarted_sen
         guard.admit(env("a" * 16, 3, ts=1029.0), now=1058.0, mono=59.0)
 
 
+def test_node_key_file_is_0600_and_a_worker_without_it_has_no_keys(tmp_path) -> None:
+    path = write_key_file(tmp_path, "n", MASTER)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert worker_keyring(tmp_path, "n", "").key("worker-n", "discovery") == NODE_N.key("worker-n", "discovery")
+    with pytest.raises(ValueError, match="missing"):
+        worker_keyring(tmp_path, "other", "")
+    path.write_text("not hex\n")
+    with pytest.raises(ValueError, match="hex"):
+        worker_keyring(tmp_path, "n", "")
+
+
+def test_worker_process_without_a_node_key_or_token_exits_with_a_clear_error(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RSWARM_") and k != "MONGO_URI"}
+    env.update({"RSWARM_RUN_DIR": str(tmp_path), "RSWARM_WORKER_NAME": "lonely", "RSWARM_CONFIG": str(tmp_path / "x"),
+                "PYTHONPATH": str(ROOT)})
+    r = subprocess.run([sys.executable, "-m", "Worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "worker-lonely.key is missing" in r.stderr
+
+
 def test_receiver_drops_bad_frames_and_keeps_good_ones() -> None:
     endpoint = "tcp://127.0.0.1:15999"
     rx = messaging.Receiver(endpoint, CP, "jobmanager")
@@ -222,6 +247,8 @@ def test_config_file_then_environment(tmp_path) -> None:
     ("", {"RSWARM_WORKER_HEARTBEAT_SECONDS": "fast"}, "RSWARM_WORKER_HEARTBEAT_SECONDS"),
     ("", {"RSWARM_GLOBALMANAGER_NETWORK_PREFIX": "31"}, "network_prefix"),
     ("[worker]\nparallelism = 0\n", {}, "worker.parallelism"),
+    ("", {"RSWARM_ZMQ_MAX_FRAME_BYTES": "100"}, "zmq.max_frame_bytes"),
+    ("", {"RSWARM_ZMQ_REPLAY_WINDOW_SECONDS": "0"}, "zmq.replay_window_seconds"),
 ])
 def test_config_errors_name_the_key(tmp_path, text: str, env: dict, needle: str) -> None:
     f = tmp_path / "c.toml"
