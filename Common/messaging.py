@@ -385,7 +385,13 @@ class Sender:
                 break
             top, kind, body, to, key = item
             self._seq += 1
-            payload = encode(kind, body, self.sender, key, to, self.instance, self._seq)
+            try:
+                payload = encode(kind, body, self.sender, key, to, self.instance, self._seq)
+            except Exception:  # e.g. a value JSON cannot carry: drop this one, keep the thread alive
+                self.dropped += 1
+                ZMQ_MESSAGES.labels("out", kind, "dropped").inc()
+                log.exception("could not encode a %s frame; dropped", kind)
+                continue
             if len(payload) > self.max_bytes:  # the receiver would drop the connection: never send it
                 self.dropped += 1
                 ZMQ_MESSAGES.labels("out", kind, "oversized").inc()

@@ -207,6 +207,23 @@ def test_receiver_drops_bad_frames_and_keeps_good_ones() -> None:
         rx.close()
 
 
+def test_sender_survives_a_body_json_cannot_carry_and_counts_in_order() -> None:
+    endpoint = "tcp://127.0.0.1:15997"
+    rx = messaging.Receiver(endpoint, CP, "discovery")
+    tx = messaging.Sender(endpoint, "worker-n", NODE_N, to="discovery")
+    try:
+        tx.send("migration_status", {"migration_id": "m", "state": "DONE", "node": "n", "at": 1.0,
+                                     "timings": {"bad": {1, 2}}})  # a set: not JSON
+        for i in range(3):
+            tx.send("heartbeat", {"node": "n", "at": float(i)})
+        got = [rx.recv(5.0) for _ in range(3)]
+        assert [m[1]["at"] for m in got if m] == [0.0, 1.0, 2.0]
+        assert tx.dropped == 1 and rx.rejected == 0
+    finally:
+        tx.close()
+        rx.close()
+
+
 def test_subscription_topics_match_exactly() -> None:
     endpoint = "tcp://127.0.0.1:15998"
     pub = messaging.Sender(endpoint, "globalmanager", CP, pub=True, bind=True)
