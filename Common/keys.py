@@ -27,6 +27,7 @@ from pathlib import Path
 CONTROL_PLANE = frozenset({"frontend", "globalmanager", "discovery", "jobmanager"})
 WORKER_PREFIX = "worker-"
 # A node name as Common.jobspec.NODE_NAME accepts it.
+_CACHE_MAX = 4096
 _NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
 
 
@@ -86,6 +87,8 @@ class Keyring:
         """
         pair = (sender, to)
         if pair not in self._cache:
+            if len(self._cache) >= _CACHE_MAX:  # sender names come from unauthenticated frames: stay bounded
+                self._cache.clear()
             self._cache[pair] = self._derive(sender, to)
         return self._cache[pair]
 
