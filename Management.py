@@ -29,6 +29,7 @@ from typing import Any
 
 from Common.config import REPO_ROOT, Config, ConfigError
 from Common.config import load as load_config
+from Common.keys import write_key_file
 
 ACTORS = ("globalmanager", "discovery", "jobmanager", "frontend", "worker")
 MODULES = {"globalmanager": "GlobalManager", "discovery": "Discovery", "jobmanager": "JobManager",
@@ -211,6 +212,8 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: st
 
     started = time.time()
     actors = [a for a in ACTORS if (with_worker and not remote) or a != "worker"]
+    if "worker" in actors:  # the local Worker's only credential: its node key (docs/security.md)
+        write_key_file(cfg.run_path, cfg.worker_name, cfg.token())
     for actor in actors:
         if procs.alive(actor):
             continue

@@ -26,9 +26,10 @@ Body = Callable[[Config, logging.Logger], int]
 
 
 def main(role: str, body: Body, check: Callable[[Config], None] | None = None,
-         multiprocess_metrics: bool = False) -> int:
+         multiprocess_metrics: bool = False, needs_token: bool = True) -> int:
     """Start actor ``role``: ``check(cfg)`` may raise ConfigError or ValueError for settings only this actor
-    reads. ``multiprocess_metrics`` is for the gunicorn-served actors (see Common/metrics.py)."""
+    reads. ``multiprocess_metrics`` is for the gunicorn-served actors (see Common/metrics.py). A Worker
+    (``needs_token=False``) holds its node key instead of the API token; its ``check`` looks for it."""
     log = setup(role)
     try:
         cfg = load_config()
@@ -37,7 +38,7 @@ def main(role: str, body: Body, check: Callable[[Config], None] | None = None,
     except (ConfigError, ValueError) as exc:
         print(f"{role}: config error: {exc}", file=sys.stderr)
         return 2
-    if not cfg.token():
+    if needs_token and not cfg.token():
         print(f"{role}: no API token (set RSWARM_API_TOKEN or run Management.py up)", file=sys.stderr)
         return 2
     if multiprocess_metrics:

@@ -99,6 +99,12 @@ class WorkerConfig:
 
 
 @dataclass
+class ZmqConfig:
+    max_frame_bytes: int = 65536  # ZMQ_MAXMSGSIZE on every socket: a peer sending more is disconnected
+    replay_window_seconds: float = 30.0  # a frame whose ts is further than this from the receiver's clock is dropped
+
+
+@dataclass
 class Config:
     run_dir: str = ""
     api_token: str = ""
@@ -109,6 +115,7 @@ class Config:
     jobmanager: JobManagerConfig = field(default_factory=JobManagerConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    zmq: ZmqConfig = field(default_factory=ZmqConfig)
 
     # ---- derived values -------------------------------------------------------------------
     @property
@@ -187,7 +194,7 @@ class Config:
         return env
 
 
-_SECTIONS = ("mongo", "frontend", "globalmanager", "jobmanager", "discovery", "worker")
+_SECTIONS = ("mongo", "frontend", "globalmanager", "jobmanager", "discovery", "worker", "zmq")
 _PORT_KEYS = {"port", "pub_port", "hint_port", "embedded_port"}
 
 
@@ -232,6 +239,8 @@ def _check(cfg: Config) -> None:
                 raise ConfigError(f"{where}: must be > 0, got {value}")
     if not 8 <= cfg.globalmanager.network_prefix <= 29:
         raise ConfigError("globalmanager.network_prefix: must be 8..29")
+    if not 4096 <= cfg.zmq.max_frame_bytes <= 16 * 1024 * 1024:
+        raise ConfigError(f"zmq.max_frame_bytes: must be 4096..16777216, got {cfg.zmq.max_frame_bytes}")
     if not 1 <= cfg.worker.parallelism <= 64:
         raise ConfigError(f"worker.parallelism: must be 1..64, got {cfg.worker.parallelism}")
     for key in ("workers", "threads", "max_body_bytes", "max_tasks_per_job"):

@@ -7,6 +7,7 @@ import sys
 
 from Common import actor
 from Common.config import Config
+from Common.keys import Keyring
 from Common.messaging import Receiver, Sender
 from Common.store import Store
 
@@ -14,11 +15,11 @@ from Common.store import Store
 def body(cfg: Config, log: logging.Logger) -> int:
     from Discovery.discovery import Discovery
 
-    key = cfg.token().encode()
+    keys = Keyring.control_plane(cfg.token())
     store = Store.connect(cfg, "discovery")
     store.ensure_indexes()
-    receiver = Receiver(f"tcp://{cfg.discovery.host}:{cfg.discovery.port}", key)
-    hints = Sender(cfg.jobmanager_hint_endpoint, "discovery", key)
+    receiver = Receiver(f"tcp://{cfg.discovery.host}:{cfg.discovery.port}", keys, "discovery", limits=cfg.zmq)
+    hints = Sender(cfg.jobmanager_hint_endpoint, "discovery", keys, to="jobmanager", limits=cfg.zmq)
     disc = Discovery(store, receiver, hints, cfg.discovery.sweep_seconds, cfg.discovery.heartbeat_timeout_seconds,
                      cfg.discovery.max_requeues)
     log.info("Discovery listening on %s", cfg.discovery_endpoint)

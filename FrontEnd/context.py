@@ -9,6 +9,7 @@ from typing import Any
 from flask import current_app
 
 from Common.config import Config
+from Common.keys import Keyring
 from Common.messaging import Sender
 from Common.store import Store
 
@@ -29,7 +30,9 @@ class Context:
     def hints(self) -> Sender:
         # Created lazily and per process: a ZeroMQ socket must not cross a fork.
         if self._sender is None or self._pid != os.getpid():
-            self._sender = Sender(self.cfg.jobmanager_hint_endpoint, "frontend", self.cfg.token().encode())
+            keys = Keyring.control_plane(self.cfg.token())
+            self._sender = Sender(self.cfg.jobmanager_hint_endpoint, "frontend", keys, to="jobmanager",
+                                  limits=self.cfg.zmq)
             self._pid = os.getpid()
         return self._sender
 
@@ -38,7 +41,8 @@ class Context:
 
     def hint_discovery(self, reason: str, node: str) -> None:
         if self._discovery is None or self._discovery_pid != os.getpid():
-            self._discovery = Sender(self.cfg.discovery_endpoint, "frontend", self.cfg.token().encode())
+            self._discovery = Sender(self.cfg.discovery_endpoint, "frontend", Keyring.control_plane(self.cfg.token()),
+                                     to="discovery", limits=self.cfg.zmq)
             self._discovery_pid = os.getpid()
         self._discovery.send("hint", _hint(reason, None, node))
 

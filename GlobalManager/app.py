@@ -16,6 +16,7 @@ from flask_restx import Namespace, Resource
 from Common.api import AUTHORIZATIONS, ERROR_SCHEMA, JsonApi, install_app_errors, require_token
 from Common.config import Config
 from Common.errors import Conflict, NotFound, Unavailable
+from Common.keys import Keyring
 from Common.messaging import Sender
 from Common.metrics import instrument_flask
 from Common.states import JOB_TERMINAL, TASK_TERMINAL, JobState, TaskState
@@ -246,15 +247,15 @@ def create_app(cfg: Config, start_sweeper: bool = True) -> Flask:
     app.config["ERROR_404_HELP"] = False
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     store = Store.connect(cfg, "globalmanager")
-    key = cfg.token().encode()
+    keys = Keyring.control_plane(cfg.token())
     c = GMContext(
         cfg=cfg,
         store=store,
         swarm=Swarm(cfg.globalmanager.docker_url, store, cfg.cluster(), cfg.globalmanager.network_pool,
                     cfg.globalmanager.network_prefix),
         workers_pub=Sender(f"tcp://{cfg.globalmanager.pub_host}:{cfg.globalmanager.pub_port}", "globalmanager",
-                           key, pub=True, bind=True),
-        reports=Sender(cfg.discovery_endpoint, "globalmanager", key),
+                           keys, pub=True, bind=True, limits=cfg.zmq),
+        reports=Sender(cfg.discovery_endpoint, "globalmanager", keys, to="discovery", limits=cfg.zmq),
     )
     app.extensions["rswarm-gm"] = c
     api = JsonApi(app, version="1.0", title="RESTfulSwarm GlobalManager",

@@ -7,6 +7,7 @@ import sys
 
 from Common import actor
 from Common.config import Config
+from Common.keys import Keyring
 from Common.messaging import Receiver
 from Common.store import Store
 
@@ -16,7 +17,8 @@ def body(cfg: Config, log: logging.Logger) -> int:
 
     store = Store.connect(cfg, "jobmanager")
     store.ensure_indexes()
-    receiver = Receiver(f"tcp://{cfg.jobmanager.host}:{cfg.jobmanager.hint_port}", cfg.token().encode())
+    receiver = Receiver(f"tcp://{cfg.jobmanager.host}:{cfg.jobmanager.hint_port}",
+                        Keyring.control_plane(cfg.token()), "jobmanager", limits=cfg.zmq)
     jm = JobManager(cfg, store, receiver)
     log.info("JobManager listening for hints on %s, strategy %s", cfg.jobmanager_hint_endpoint, jm.strategy())
     actor.run_loop(jm.run, jm.stop, "jobmanager", cfg, cfg.jobmanager.metrics_host, cfg.jobmanager.metrics_port)

@@ -15,6 +15,7 @@ from Common import evmspec
 from Common.errors import Invalid
 from Common.evmstates import EVM_RANK, EvmState, check_report_items, evm_states_before
 from Common.jobspec import Limits, validate_job
+from Common.keys import Keyring
 from Common.messaging import BadMessage, decode, encode
 from Worker.epm import desired as desired_mod
 from Worker.epm import names, pacing
@@ -286,15 +287,16 @@ def test_report_items_are_checked() -> None:
 
 
 def test_evm_status_envelope_round_trip_and_refusal() -> None:
-    key = b"k"
+    keys = Keyring.control_plane("k")
+    key = keys.key("worker-n", "discovery")
     body = {"job_id": "j", "epm": "a", "attempt": 0, "node": "n", "container": "c", "host": {"ip": "1.2.3.4"},
             "items": [[3, "READY", {"READY": 1.0}, 2.0, None]]}
-    kind, got, _ = decode(encode("evm_status", body, "w", key), key)
-    assert kind == "evm_status" and got == body
+    env = decode(encode("evm_status", body, "worker-n", key, "discovery"), keys, "discovery")
+    assert env.kind == "evm_status" and env.body == body
     with pytest.raises(BadMessage):
-        encode("evm_status", {**body, "items": [[3, "BOGUS", {}, None, None]]}, "w", key)
+        encode("evm_status", {**body, "items": [[3, "BOGUS", {}, None, None]]}, "worker-n", key, "discovery")
     with pytest.raises(BadMessage):
-        encode("evm_status", {**body, "host": {"shell": "x"}}, "w", key)
+        encode("evm_status", {**body, "host": {"shell": "x"}}, "worker-n", key, "discovery")
 
 
 def test_desired_file_parsing_refuses_garbage() -> None:

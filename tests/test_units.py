@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
+import hmac
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import zmq
 
 from Common import messaging
 from Common.config import ConfigError, load
+from Common.keys import Keyring, node_key, worker_keyring, write_key_file
 from Common.resources import format_cpuset, parse_cpuset, parse_memory
 from Common.states import JobState, TaskState, derive_job_state, task_states_before
 
-KEY = b"unit-test-key"
+MASTER = "unit-test-master-token"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---- states -----------------------------------------------------------------------------------
@@ -67,80 +74,169 @@ def test_memory_rejects(bad) -> None:
 
 # ---- the ZeroMQ envelope ----------------------------------------------------------------------
 GOOD_STATUS = {"job_id": "j", "task": "t", "attempt": 0, "state": "RUNNING", "node": "n", "at": 1.0}
+CP = Keyring.control_plane(MASTER)  # what every control-plane actor holds
+NODE_N = Keyring.worker("n", node_key(MASTER, "n"))  # what node n's Worker holds
+
+
+def _signed(kind: str = "task_status", body: dict | None = None, sender: str = "worker-n", to: str = "discovery",
+            keys: Keyring = NODE_N, **kw) -> bytes:
+    return messaging.encode(kind, GOOD_STATUS if body is None else body, sender, keys.key(sender, to), to, **kw)
 
 
 def test_envelope_round_trip() -> None:
-    frame = messaging.encode("task_status", GOOD_STATUS, "worker-n", KEY)
-    assert messaging.decode(frame, KEY) == ("task_status", GOOD_STATUS, "worker-n")
+    env = messaging.decode(_signed(instance="ab" * 8, seq=7), CP, "discovery")
+    assert (env.kind, env.body, env.sender, env.instance, env.seq) == (
+        "task_status", GOOD_STATUS, "worker-n", "ab" * 8, 7)
 
 
-def _tamper(frame: bytes, **changes) -> bytes:
-    doc = json.loads(frame)
-    doc.update(changes)
-    return json.dumps(doc).encode()
+def _flip_payload(frame: bytes) -> bytes:
+    return frame[:-3] + b"X" + frame[-2:]
 
 
 @pytest.mark.parametrize("frame", [
     b"not json",
     b"\xff\xfe",
-    b"[]",
-    b'{"v": 1}',
-    _tamper(messaging.encode("hint", {"reason": "x"}, "s", KEY), mac="0" * 64),
-    _tamper(messaging.encode("hint", {"reason": "x"}, "s", KEY), body={"reason": "forged"}),
-    _tamper(messaging.encode("hint", {"reason": "x"}, "s", KEY), v=2),
-    messaging.encode("hint", {"reason": "x"}, "s", b"another-key"),
+    b"RSW2",
+    b"RSW2\x00\x08worker-n",  # truncated before the MAC
+    b"RSW2\x00\x07nobody!" + b"0" * 40,  # a sender that is no party
+    b"[" * 40000,  # the RecursionError of issue 11, now refused before any parser runs
+    _flip_payload(_signed()),  # tampered payload
+    _signed()[:-1],  # truncated payload
+    messaging.encode("task_status", GOOD_STATUS, "worker-n", b"another-key", "discovery"),  # wrong key
+    _signed(to="jobmanager"),  # addressed to another receiver (a cross-receiver replay)
+    _signed(body={**GOOD_STATUS, "node": "m"}),  # node n's key, a report about node m
+    _signed(sender="worker-m", keys=CP, body={**GOOD_STATUS, "node": "n"}),  # m's key, about n
+    _signed("hint", {"reason": "x"}),  # a Worker may not hint Discovery
+    _signed("hint", {"reason": "x"}, sender="frontend", keys=CP, to="discovery", ts=float("inf")),
     b"x" * (messaging.MAX_FRAME_BYTES + 1),
 ])
 def test_envelope_rejects_bad_frames(frame: bytes) -> None:
     with pytest.raises(messaging.BadMessage):
-        messaging.decode(frame, KEY)
+        messaging.decode(frame, CP, "discovery")
 
 
-@pytest.mark.parametrize(("kind", "body"), [
-    ("nope", {}),
-    ("task_status", {**GOOD_STATUS, "state": "EXPLODED"}),
-    ("task_status", {**GOOD_STATUS, "attempt": -1}),
-    ("task_status", {**GOOD_STATUS, "attempt": "0"}),
-    ("task_status", {**GOOD_STATUS, "extra": 1}),
-    ("task_status", {k: v for k, v in GOOD_STATUS.items() if k != "job_id"}),
-    ("heartbeat", {"node": "n", "at": True}),
+def test_signed_but_malformed_payloads_are_bad_messages_not_crashes() -> None:
+    """Even a holder of the key cannot crash the decoder: deep nesting, huge numbers, wrong shapes."""
+    key = CP.key("frontend", "jobmanager")
+    head = messaging._header("frontend")
+    for payload in (b"[" * 40000, b"1" * 5000, b'{"v": ' + b"9" * 5000 + b"}", b"\xff", b"[]", b"{}"):
+        frame = head + hmac.new(key, head + payload, hashlib.sha256).digest() + payload
+        with pytest.raises(messaging.BadMessage):
+            messaging.decode(frame, CP, "jobmanager")
+
+
+@pytest.mark.parametrize(("sender", "to", "kind", "body"), [
+    ("worker-n", "jobmanager", "hint", {"reason": "worker_remove", "node": "n"}),  # a worker may not make the JM act
+    ("worker-n", "discovery", "hint", {"reason": "worker_drained", "node": "n"}),
+    ("frontend", "worker-n", "dispatch", {"reason": "x"}),  # only the GM dispatches
+    ("discovery", "discovery", "heartbeat", {"node": "n", "at": 1.0}),
 ])
-def test_envelope_refuses_invalid_bodies(kind: str, body: dict) -> None:
+def test_least_privilege_refuses_kinds_a_sender_may_not_send(sender: str, to: str, kind: str, body: dict) -> None:
     with pytest.raises(messaging.BadMessage):
-        messaging.encode(kind, body, "s", KEY)
+        messaging.authorize(to, sender, kind, body)
+
+
+def test_a_worker_keyring_holds_only_its_own_keys() -> None:
+    assert NODE_N.key("worker-n", "discovery") == CP.key("worker-n", "discovery")
+    assert NODE_N.key("globalmanager", "worker-n") == CP.key("globalmanager", "worker-n")
+    assert NODE_N.key("worker-m", "discovery") is None
+    assert NODE_N.key("frontend", "jobmanager") is None
+    assert NODE_N.key("globalmanager", "worker-m") is None
+    assert NODE_N.key("worker-n", "discovery") != NODE_N.key("globalmanager", "worker-n")  # one key per direction
+    assert CP.key("worker-n", "discovery") != CP.key("worker-m", "discovery")
+
+
+def test_replay_guard_drops_replays_and_stale_frames_and_accepts_a_restarted_sender() -> None:
+    guard = messaging.ReplayGuard(window=30.0)
+
+    def env(instance: str, seq: int, ts: float = 1000.0) -> messaging.Envelope:
+        return messaging.Envelope("heartbeat", {"node": "n", "at": ts}, "worker-n", "discovery", ts, instance, seq)
+
+    guard.admit(env("a" * 16, 1), now=1000.0, mono=0.0)
+    guard.admit(env("a" * 16, 3), now=1000.0, mono=0.0)  # gaps are fine (a dropped frame)
+    for seq in (3, 2, 1):
+        with pytest.raises(messaging.Refused, match="replayed"):
+            guard.admit(env("a" * 16, seq), now=1000.0, mono=1.0)
+    guard.admit(env("b" * 16, 1), now=1000.0, mono=1.0)  # a restarted sender: a new instance
+    with pytest.raises(messaging.Refused, match="old"):
+        guard.admit(env("c" * 16, 1, ts=969.0), now=1000.0, mono=1.0)
+    with pytest.raises(messaging.Refused, match="ahead"):
+        guard.admit(env("c" * 16, 1, ts=1031.0), now=1000.0, mono=1.0)
+    # Still refused as a replay until it would be stale anyway (2 windows after its last acceptance).
+    with pytest.raises(messaging.Refused, match="replayed"):
+        guard.admit(env("a" * 16, 3, ts=1029.0), now=1058.0, mono=59.0)
+
+
+def test_node_key_file_is_0600_and_a_worker_without_it_has_no_keys(tmp_path) -> None:
+    path = write_key_file(tmp_path, "n", MASTER)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert worker_keyring(tmp_path, "n", "").key("worker-n", "discovery") == NODE_N.key("worker-n", "discovery")
+    with pytest.raises(ValueError, match="missing"):
+        worker_keyring(tmp_path, "other", "")
+    path.write_text("not hex\n")
+    with pytest.raises(ValueError, match="hex"):
+        worker_keyring(tmp_path, "n", "")
+
+
+def test_worker_process_without_a_node_key_or_token_exits_with_a_clear_error(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RSWARM_") and k != "MONGO_URI"}
+    env.update({"RSWARM_RUN_DIR": str(tmp_path), "RSWARM_WORKER_NAME": "lonely", "RSWARM_CONFIG": str(tmp_path / "x"),
+                "PYTHONPATH": str(ROOT)})
+    r = subprocess.run([sys.executable, "-m", "Worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "worker-lonely.key is missing" in r.stderr
 
 
 def test_receiver_drops_bad_frames_and_keeps_good_ones() -> None:
     endpoint = "tcp://127.0.0.1:15999"
-    rx = messaging.Receiver(endpoint, KEY)
+    rx = messaging.Receiver(endpoint, CP, "jobmanager")
     raw = zmq.Context.instance().socket(zmq.PUSH)
     raw.connect(endpoint)
+    good = _signed("hint", {"reason": "ok"}, sender="frontend", to="jobmanager", keys=CP)
     try:
         raw.send(b"garbage")
+        raw.send(b"[" * 40000)
         raw.send_multipart([b"two", b"frames"])
-        raw.send(messaging.encode("hint", {"reason": "ok"}, "test", KEY))
-        msg = rx.recv(5.0)
-        assert msg == ("hint", {"reason": "ok"}, "test")
-        assert rx.rejected == 2
+        raw.send(good)
+        raw.send(good)  # replayed
+        assert rx.recv(5.0) == ("hint", {"reason": "ok"}, "frontend")
+        assert rx.recv(0.5) is None
+        assert rx.rejected == 4
     finally:
         raw.close(0)
         rx.close()
 
 
+def test_sender_survives_a_body_json_cannot_carry_and_counts_in_order() -> None:
+    endpoint = "tcp://127.0.0.1:15997"
+    rx = messaging.Receiver(endpoint, CP, "discovery")
+    tx = messaging.Sender(endpoint, "worker-n", NODE_N, to="discovery")
+    try:
+        tx.send("migration_status", {"migration_id": "m", "state": "DONE", "node": "n", "at": 1.0,
+                                     "timings": {"bad": {1, 2}}})  # a set: not JSON
+        for i in range(3):
+            tx.send("heartbeat", {"node": "n", "at": float(i)})
+        got = [rx.recv(5.0) for _ in range(3)]
+        assert [m[1]["at"] for m in got if m] == [0.0, 1.0, 2.0]
+        assert tx.dropped == 1 and rx.rejected == 0
+    finally:
+        tx.close()
+        rx.close()
+
+
 def test_subscription_topics_match_exactly() -> None:
     endpoint = "tcp://127.0.0.1:15998"
-    pub = messaging.Sender(endpoint, "gm", KEY, pub=True, bind=True)
-    sub = messaging.Receiver(endpoint, KEY, subscribe="w1")
+    pub = messaging.Sender(endpoint, "globalmanager", CP, pub=True, bind=True)
+    sub = messaging.Receiver(endpoint, Keyring.worker("w1", node_key(MASTER, "w1")), subscribe="w1")
     time.sleep(0.3)  # let the subscription reach the publisher
     try:
         pub.send("dispatch", {"reason": "for w10"}, node="w10")
         pub.send("dispatch", {"reason": "for w1"}, node="w1")
-        assert sub.recv(5.0) == ("dispatch", {"reason": "for w1"}, "gm")
+        assert sub.recv(5.0) == ("dispatch", {"reason": "for w1"}, "globalmanager")
         assert sub.recv(0.3) is None
     finally:
         pub.close()
         sub.close()
-
 
 # ---- config -----------------------------------------------------------------------------------
 def test_config_defaults_are_loopback(tmp_path) -> None:
@@ -168,6 +264,8 @@ def test_config_file_then_environment(tmp_path) -> None:
     ("", {"RSWARM_WORKER_HEARTBEAT_SECONDS": "fast"}, "RSWARM_WORKER_HEARTBEAT_SECONDS"),
     ("", {"RSWARM_GLOBALMANAGER_NETWORK_PREFIX": "31"}, "network_prefix"),
     ("[worker]\nparallelism = 0\n", {}, "worker.parallelism"),
+    ("", {"RSWARM_ZMQ_MAX_FRAME_BYTES": "100"}, "zmq.max_frame_bytes"),
+    ("", {"RSWARM_ZMQ_REPLAY_WINDOW_SECONDS": "0"}, "zmq.replay_window_seconds"),
 ])
 def test_config_errors_name_the_key(tmp_path, text: str, env: dict, needle: str) -> None:
     f = tmp_path / "c.toml"

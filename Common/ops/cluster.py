@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from Common.config import REPO_ROOT, Config
+from Common.keys import key_file_text
 from Common.ops import emulated
 from Common.ops.remote import Inventory, RemoteError, RemoteHost, Session, load_inventory, write_inventory
 from Common.ops.remote import start_worker as remote_start
@@ -51,7 +52,7 @@ def apply_cluster_mode(cfg: Config) -> bool:
 
 
 def control_env(cfg: Config) -> dict[str, str]:
-    """What a remote Worker needs to find the control plane (the token is shipped as a file)."""
+    """What a remote Worker needs to find the control plane (its node key is shipped as a file)."""
     return {
         "MONGO_URI": cfg.mongo_uri,
         "RSWARM_MONGO_DATABASE": cfg.mongo.database,
@@ -62,6 +63,8 @@ def control_env(cfg: Config) -> dict[str, str]:
         "RSWARM_CLUSTER_ID": cfg.cluster(),
         "RSWARM_WORKER_HEARTBEAT_SECONDS": str(cfg.worker.heartbeat_seconds),
         "RSWARM_WORKER_SWEEP_SECONDS": str(cfg.worker.sweep_seconds),
+        "RSWARM_ZMQ_MAX_FRAME_BYTES": str(cfg.zmq.max_frame_bytes),
+        "RSWARM_ZMQ_REPLAY_WINDOW_SECONDS": str(cfg.zmq.replay_window_seconds),
     }
 
 
@@ -160,7 +163,7 @@ def start_workers(cfg: Config, inv: Inventory, names: list[str] | None = None, s
     pids = {}
     for h in sessions(inv, names):
         with Session(h, Path(inv.known_hosts)) as s:
-            pids[h.name] = remote_start(s, cfg.token(), control_env(cfg))
+            pids[h.name] = remote_start(s, key_file_text(cfg.token(), h.name), control_env(cfg))
             say(f"Worker on {h.name} ({h.address}): pid {pids[h.name]}")
     return pids
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import paramiko
 
 from Common.jobspec import NODE_NAME
+from Common.keys import key_file_name
 from Common.resources import parse_cpuset, parse_memory
 
 T = TypeVar("T")
@@ -38,7 +39,7 @@ class RemoteHost:
     user: str
     key: str
     repo: str  # where the code and its .venv are on that host
-    run_dir: str  # the Worker's run directory there (token, pid, log)
+    run_dir: str  # the Worker's run directory there (node key, pid, log)
     docker_url: str = "unix:///var/run/docker.sock"
     port: int = 22
     role: str = "worker"
@@ -211,6 +212,7 @@ class Session:
         sftp = self.client.open_sftp()
         try:
             with sftp.open(path, "w") as f:
+                f.chmod(mode)  # before the secret is written, not after
                 f.write(text)
             sftp.chmod(path, mode)
         finally:
@@ -281,7 +283,9 @@ def worker_pid(s: Session) -> int | None:
     return pid if rc == 0 and "-m\x00Worker" in cmdline else None
 
 
-def start_worker(s: Session, token: str, control: dict[str, str]) -> int:
+def start_worker(s: Session, node_key: str, control: dict[str, str]) -> int:
+    """Start the host's Worker unless it runs. ``node_key`` (Common.keys.key_file_text) is this node's ZeroMQ
+    key, its only credential: the API token never leaves the control plane."""
     h = s.h
     existing = worker_pid(s)
     if existing:
@@ -291,7 +295,7 @@ def start_worker(s: Session, token: str, control: dict[str, str]) -> int:
         raise RemoteError(f"{h.name}: {python} is missing: ship the code (Management.py hosts ship) and run "
                           f"`bash dependences.sh Worker` there")
     s.check(["mkdir", "-p", "-m", "700", h.run_dir])
-    s.put_text(f"{h.run_dir}/api_token", token + "\n", 0o600)
+    s.put_text(f"{h.run_dir}/{key_file_name(h.name)}", node_key, 0o600)
     env = worker_env(h, control)
     argv = ["env", *[f"{k}={v}" for k, v in sorted(env.items())], python, "-m", "Worker"]
     out = s.check(["sh", "-c", _START, "start", f"{h.run_dir}/worker.log", h.repo, *argv])
