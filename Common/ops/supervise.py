@@ -197,8 +197,9 @@ class Supervisor:
         if self.answers():
             return
         self.sweep()  # a SIGKILLed supervisord's children, if any
-        with contextlib.suppress(FileNotFoundError):
-            self.sock.unlink()
+        for stale in (self.sock, self.restarts_file):  # counts are per supervisord lifetime
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
         proc = subprocess.run([self.python, "-m", "supervisor.supervisord", "-c", str(self.conf)], env=env,
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
                               cwd=str(self.run_path))
