@@ -184,8 +184,8 @@ def private_env(tmp_path: Path, system) -> dict[str, str]:
         "RSWARM_GLOBALMANAGER_PUB_PORT": str(base + 57), "RSWARM_JOBMANAGER_HINT_PORT": str(base + 55),
         "RSWARM_DISCOVERY_PORT": str(base + 56), "RSWARM_GLOBALMANAGER_METRICS_PORT": str(base + 10),
         "RSWARM_JOBMANAGER_METRICS_PORT": str(base + 11), "RSWARM_DISCOVERY_METRICS_PORT": str(base + 12),
-        "RSWARM_WORKER_METRICS_PORT": str(base + 13), "RSWARM_MONGO_EMBEDDED_PORT": str(29217 + SLOT),
-        "RSWARM_GLOBALMANAGER_NETWORK_POOL": f"10.{240 + SLOT}.0.0/16",
+        "RSWARM_WORKER_METRICS_PORT": str(base + 13), "RSWARM_MONGO_EMBEDDED_PORT": str(29317 + SLOT),
+        "RSWARM_GLOBALMANAGER_NETWORK_POOL": f"10.{220 + SLOT}.0.0/16",
     })
     return env
 

@@ -6,7 +6,8 @@ stops the programs through supervisord's XML-RPC interface on a unix socket in t
 directory is mode 0700 and the socket 0700: only the deployment's owner can talk to it, so there is no
 password to keep (none in the config, none in argv); there is no inet listener at all.
 
-Policy (docs/operations.md): ``autorestart=true``; a process that dies after ``STARTSECS`` of running is
+Policy (docs/operations.md): ``autorestart=unexpected`` (anything but a clean exit 0 by the program
+itself: a crash, a signal such as SIGKILL, a nonzero status); a process that dies after ``STARTSECS`` of running is
 restarted at once; one that dies sooner goes to BACKOFF and is retried after 1, 2, 3, … s (supervisord's
 linear backoff) up to ``STARTRETRIES`` times, then FATAL. The event listener (``Common.ops.supervise_events``)
 counts every restart in ``<run_dir>/supervisor/restarts.json`` and retries a FATAL program after a
@@ -119,7 +120,9 @@ class Supervisor:
                 f"command={_quote(shlex.join(p.argv), p.name)}",
                 f"directory={_quote(p.directory or directory, p.name)}",
                 "autostart=false",  # Management.py starts them in dependency order
-                "autorestart=true",
+                # Restart whatever did not end cleanly by itself (a crash, a signal, a nonzero exit); an
+                # actor that exits 0 on its own (a Worker whose node was removed) stays stopped.
+                "autorestart=unexpected", "exitcodes=0",
                 f"startsecs={STARTSECS}", f"startretries={STARTRETRIES}",
                 "stopsignal=TERM", f"stopwaitsecs={p.stopwaitsecs}",
                 "stopasgroup=true", "killasgroup=true",  # gunicorn's workers go with their master
