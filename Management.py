@@ -7,9 +7,11 @@
     python Management.py down [--keep-workloads]
     python Management.py stress MODE ...  # the StressClient against this deployment (python -m StressClient)
 
-Every process it starts is recorded in <run_dir>/pids (pid + kernel start time, so a recycled pid is
-never mistaken for ours) and logs to <run_dir>/logs. ``up`` is idempotent: it starts only what is not
-running. ``down`` stops exactly what ``up`` started, nothing else.
+Every process it starts (the embedded MongoDB and the actors) runs under supervisord, one per run dir
+(Common/ops/supervise.py): a crashed process is restarted at once, a crash loop backs off, restarts are
+counted (``status``). Logs go to <run_dir>/logs. ``up`` is idempotent: it starts only what is not
+running. ``down`` stops supervisord and everything under it, and sweeps up anything left of this run dir.
+A dockerd started here (only when none answers) is not supervised; it is recorded in <run_dir>/pids.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from typing import Any
 from Common.config import REPO_ROOT, Config, ConfigError
 from Common.config import load as load_config
 from Common.keys import write_key_file
+from Common.ops import supervise
 
 ACTORS = ("globalmanager", "discovery", "jobmanager", "frontend", "worker")
 MODULES = {"globalmanager": "GlobalManager", "discovery": "Discovery", "jobmanager": "JobManager",
            "frontend": "FrontEnd", "worker": "Worker"}
+SUPERVISED = ("mongo", *ACTORS)
 DOCKER_SOCK = "/var/run/docker.sock"
 
 
@@ -51,10 +55,13 @@ def _start_time(pid: int) -> int | None:
 
 
 class Processes:
+    """What runs: the supervised programs through supervisord, a dockerd we started through its pid record."""
+
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.pid_dir = cfg.run_path / "pids"
         self.log_dir = cfg.run_path / "logs"
+        self.sup = supervise.Supervisor(cfg.run_path)
 
     def record(self, name: str) -> dict[str, Any] | None:
         try:
@@ -63,6 +70,9 @@ class Processes:
             return None
 
     def alive(self, name: str) -> int | None:
+        """The pid of ``name`` if it runs (a supervised program being (re)started counts as running)."""
+        if name in SUPERVISED:
+            return self.sup.pid(name)
         rec = self.record(name)
         if rec is None:
             return None
@@ -77,6 +87,7 @@ class Processes:
         return pid
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> int:
+        """Start an unsupervised process (dockerd) and record it."""
         self.pid_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
@@ -99,8 +110,23 @@ class Processes:
         except OSError:
             return "(no log)"
 
+    def failed(self, name: str) -> str | None:
+        """Why a supervised program cannot come up by itself (FATAL, or it exited with the actors' config
+        error status 2), else None."""
+        r = self.sup.info().get(name)
+        if r is None:
+            return None
+        if r["statename"] == "FATAL":
+            return f"{name} keeps exiting while starting (FATAL){': ' + r['spawnerr'] if r['spawnerr'] else ''}"
+        if r["statename"] in ("BACKOFF", "EXITED") and r["exitstatus"] == 2:
+            return f"{name} exited with a configuration error"
+        return None
+
     def stop(self, name: str, timeout: float = 10.0) -> bool:
-        pid = self.alive(name)
+        """Stop ``name`` and keep it stopped (supervisord does not restart what it was told to stop)."""
+        stopped = self.sup.stop(name) if name in SUPERVISED else False
+        rec = self.record(name)  # dockerd, or a process recorded by an earlier, unsupervised Management.py
+        pid = rec["pid"] if rec and _start_time(rec["pid"]) == rec["start_time"] else None
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
@@ -113,7 +139,7 @@ class Processes:
                 while self.alive(name):
                     time.sleep(0.05)
         (self.pid_dir / f"{name}.json").unlink(missing_ok=True)
-        return pid is not None
+        return stopped or pid is not None
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -126,8 +152,11 @@ def _wait(what: str, check, timeout: float, procs: Processes | None = None, acto
                 return
         except Exception:  # noqa: S110 - anything short of success means "not yet"
             pass
-        if procs is not None and actor and procs.alive(actor) is None:
-            raise ManagementError(f"{actor} exited while starting:\n{procs.tail(actor)}")
+        if procs is not None and actor:
+            why = procs.failed(actor) if actor in SUPERVISED else (
+                None if procs.alive(actor) else f"{actor} exited while starting")
+            if why:
+                raise ManagementError(f"{why}:\n{procs.tail(actor)}")
         time.sleep(0.2)
     raise ManagementError(f"timed out after {timeout:.0f}s waiting for {what}")
 
@@ -171,6 +200,49 @@ def child_env(cfg: Config) -> dict[str, str]:
     return env
 
 
+_SECRET_MARKS = ("TOKEN", "PASSWORD", "SECRET", "URI")
+
+
+def program_env(cfg: Config) -> dict[str, str]:
+    """The non-secret settings written into supervisord's config for every program (so a changed config
+    is seen by ``up``). Anything that may hold a secret (the token, a MONGO_URI with credentials) is left
+    out: the programs inherit it from supervisord's environment (``child_env``) instead."""
+    env = {**cfg.to_env(), "RSWARM_CLUSTER_ID": cfg.cluster(), "PYTHONPATH": str(REPO_ROOT)}
+    return {k: v for k, v in env.items() if not any(m in k.upper() for m in _SECRET_MARKS)}
+
+
+def mongo_argv(cfg: Config) -> list[str]:
+    """The embedded MongoDB's command line (SecantusDB's daemon): the one place it is built."""
+    daemon = Path(sys.executable).parent / "secantusd-py"
+    if not daemon.exists():
+        raise ManagementError(f"{daemon} not found: run ./dependences.sh")
+    return [str(daemon), "--host", cfg.mongo.embedded_host, "--port", str(cfg.mongo.embedded_port),
+            "--storage-path", str(cfg.run_path / "mongo"), "--log-level", "WARNING"]
+
+
+def programs(cfg: Config, local_worker: bool) -> list[supervise.Program]:
+    """What supervisord of this run dir runs: the embedded MongoDB (unless MONGO_URI), every actor, and the
+    local Worker unless the Workers run on other hosts."""
+    env = program_env(cfg)
+    out = [supervise.Program("mongo", mongo_argv(cfg), env)] if not cfg.mongo.uri else []
+    out += [supervise.Program(a, [sys.executable, "-m", MODULES[a]], env)
+            for a in ACTORS if local_worker or a != "worker"]
+    return out
+
+
+def ensure_supervisor(cfg: Config, procs: Processes, env: dict[str, str], local_worker: bool) -> None:
+    """Write the config and have supervisord run it (started, or updated if it runs already)."""
+    sup = procs.sup
+    sup.write_config(sup.render(programs(cfg, local_worker), f"rswarm-{cfg.cluster()}", str(REPO_ROOT)))
+    try:
+        if sup.answers():
+            sup.update()
+        else:
+            sup.start_daemon(env)
+    except supervise.SuperviseError as exc:
+        raise ManagementError(str(exc)) from None
+
+
 # ---- commands ------------------------------------------------------------------------------------
 def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: str | None = None) -> None:
     """Start whatever is not running. With an emulated cluster (or an inventory of remote hosts) the
@@ -197,13 +269,10 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: st
                     {**env, "PATH": f"{criu}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"})
         _wait("dockerd", _docker_answers, 120, procs, "dockerd")
 
+    ensure_supervisor(cfg, procs, env, local_worker=not remote)
     if not cfg.mongo.uri and not procs.alive("mongo"):
-        daemon = Path(sys.executable).parent / "secantusd-py"
-        if not daemon.exists():
-            raise ManagementError(f"{daemon} not found: run ./dependences.sh")
         say(f"starting the embedded MongoDB (SecantusDB) on {cfg.mongo.embedded_host}:{cfg.mongo.embedded_port}")
-        procs.start("mongo", [str(daemon), "--host", cfg.mongo.embedded_host, "--port", str(cfg.mongo.embedded_port),
-                              "--storage-path", str(cfg.run_path / "mongo"), "--log-level", "WARNING"], env)
+        procs.sup.start("mongo")
     from Common.store import Store
 
     store = Store.connect(cfg, "management")
@@ -218,7 +287,7 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: st
         if procs.alive(actor):
             continue
         say(f"starting {MODULES[actor]}")
-        procs.start(actor, [sys.executable, "-m", MODULES[actor]], env)
+        procs.sup.start(actor)
         if actor == "globalmanager":
             _wait("the GlobalManager", lambda: _http_ok(f"{cfg.globalmanager_url}/api/v1/swarm"), 120, procs,
                   "globalmanager")
@@ -264,6 +333,11 @@ def down(cfg: Config, keep_workloads: bool = False, quiet: bool = False, invento
     say = (lambda *_: None) if quiet else (lambda m: print(m, flush=True))
     cluster.apply_cluster_mode(cfg)
     procs = Processes(cfg)
+    if not procs.sup.answers():
+        # supervisord is not there (never started, or SIGKILLed): stop whatever it left running.
+        left = procs.sup.sweep()
+        if left:
+            say(f"supervisord was not answering: stopped {len(left)} leftover process(es) of {cfg.run_path}")
     for actor in ("frontend", "jobmanager", "worker", "discovery", "globalmanager"):
         if procs.stop(actor):
             say(f"stopped {MODULES[actor]}")
@@ -281,6 +355,9 @@ def down(cfg: Config, keep_workloads: bool = False, quiet: bool = False, invento
         remove_workloads(cfg)
     if procs.stop("mongo"):
         say("stopped the embedded MongoDB")
+    if procs.sup.answers():
+        say("stopped supervisord")
+    procs.sup.shutdown()  # supervisord exits; anything of this run dir still running is swept up
     if procs.stop("dockerd", timeout=30):
         say("stopped dockerd")
 
@@ -297,8 +374,12 @@ def status(cfg: Config) -> dict[str, Any]:
     ports = {"frontend": cfg.frontend.port, "globalmanager": cfg.globalmanager.port,
              "jobmanager": cfg.jobmanager.hint_port, "discovery": cfg.discovery.port,
              "mongo": cfg.mongo.embedded_port if not cfg.mongo.uri else None, "worker": None, "dockerd": None}
+    sup = procs.sup.status()
+    out["supervisor"] = {"alive": procs.sup.answers(), "pid": procs.sup.daemon_pid(), "socket": str(procs.sup.sock),
+                         "config": str(procs.sup.conf), "log": str(procs.log_dir / "supervisord.log")}
     for name in ("dockerd", "mongo", *ACTORS):
-        pid = procs.alive(name)
+        s = sup.get(name)
+        pid = (s["pid"] if s["state"] in supervise.ALIVE_STATES else None) if s else procs.alive(name)
         if name == "dockerd" and pid is None and procs.record(name) is None:
             continue
         if name == "mongo" and cfg.mongo.uri:
@@ -306,7 +387,11 @@ def status(cfg: Config) -> dict[str, Any]:
         if name == "worker" and in_cluster and pid is None:
             continue  # the Workers run on the cluster's hosts: see `cluster status` / `hosts status`
         out["processes"][name] = {"alive": pid is not None, "pid": pid, "port": ports.get(name),
-                                  "log": str(procs.log_dir / f"{name}.log")}
+                                  "log": str(procs.log_dir / f"{name}.log"),
+                                  "state": s["state"] if s else ("RUNNING" if pid else "STOPPED"),
+                                  "supervised": s is not None,
+                                  "uptime": round(s["uptime"], 1) if s and s["uptime"] is not None else None,
+                                  "restarts": s["restarts"] if s else 0}
     out["status_page"] = f"{cfg.frontend_url}/status"
     out["metrics"] = {"frontend": f"{cfg.frontend_url}/metrics", **{
         actor: f"http://{sub.metrics_host}:{sub.metrics_port}/metrics" if sub.metrics_port else None
@@ -345,6 +430,13 @@ def table(title: str, headers: list[str], rows: list[list[Any]], empty: str) -> 
             print("  " + "  ".join("-" * w for w in widths))
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 def print_workers(sm: dict[str, Any]) -> None:
     """The WORKERS table of `status` (and of the demo's last lines), from ``cluster_summary``."""
     table("WORKERS", ["worker", "state", "cores used", "occupancy (# = claimed)", "memory free", "tasks", "heartbeat"],
@@ -363,8 +455,11 @@ def print_status(st: dict[str, Any]) -> None:
     print(f"GlobalManager {st['globalmanager_url']}/api/v1/docs")
     print(f"MongoDB       {st['mongo_uri']}")
     metrics = st.get("metrics", {})
-    table("PROCESSES", ["process", "alive", "pid", "port", "metrics"],
-          [[name, "yes" if p["alive"] else "NO", p["pid"] or "-", p["port"] or "-", metrics.get(name) or "-"]
+    sup = st.get("supervisor", {})
+    print(f"supervisord   {'pid ' + str(sup['pid']) if sup.get('alive') else 'NOT RUNNING'}  ({sup.get('config')})")
+    table("PROCESSES", ["process", "state", "pid", "uptime", "restarts", "port", "metrics"],
+          [[name, p.get("state", "-"), p["pid"] or "-", _duration(p.get("uptime")), p.get("restarts", 0),
+            p["port"] or "-", metrics.get(name) or "-"]
            for name, p in st["processes"].items()], "none recorded")
     cl = st.get("cluster", {})
     if "error" in cl:

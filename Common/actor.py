@@ -49,9 +49,11 @@ def main(role: str, body: Body, check: Callable[[Config], None] | None = None,
 def run_loop(run: Callable[[], None], stop: Callable[[], None], role: str, cfg: Config, metrics_host: str,
              metrics_port: int, node: str | None = None) -> None:
     """Serve /metrics, turn SIGTERM/SIGINT into ``stop()``, and block in ``run()``."""
-    from Common.metrics import start_metrics_server
+    from Common.metrics import SupervisionCollector, start_metrics_server
 
-    start_metrics_server(role, metrics_host, metrics_port, cfg.cluster(), node)
+    # On a Worker host the supervisord config sets this, so that host's restart counts are served.
+    extra = [SupervisionCollector(cfg.run_path, node)] if os.environ.get("RSWARM_SUPERVISION_METRICS") == "1" else []
+    start_metrics_server(role, metrics_host, metrics_port, cfg.cluster(), node, extra)
     signal.signal(signal.SIGTERM, lambda *_: stop())
     signal.signal(signal.SIGINT, lambda *_: stop())
     run()

@@ -21,11 +21,13 @@ Naming: ``rswarm_<what>_<unit>``; a node or host is always a label (``node``), n
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -37,7 +39,7 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 log = logging.getLogger(__name__)
@@ -154,6 +156,32 @@ class InfoCollector:
                               labels=["actor", "cluster", "node"])
         g.add_metric(self.labels, 1)
         yield g
+
+
+class SupervisionCollector:
+    """``rswarm_process_restarts_total{process, node}``: how often the supervisor of one run directory
+    restarted each of its programs. Read at scrape time from ``<run_dir>/supervisor/restarts.json``,
+    which supervisord's event listener (Common/ops/supervise_events.py) keeps; so the count is right
+    whichever process answers and survives the restart of the process that serves it. Served by the
+    FrontEnd for the control plane's host and by a Worker for its own host (``RSWARM_SUPERVISION_METRICS``)."""
+
+    def __init__(self, run_path: Path | str, node: str | None = None) -> None:
+        self.path = Path(run_path) / "supervisor" / "restarts.json"
+        self.node = node or socket.gethostname()
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        try:
+            procs = json.loads(self.path.read_text()).get("processes", {})
+        except (OSError, ValueError):
+            return  # not supervised (or not yet): no family rather than made-up zeros
+        c = CounterMetricFamily("rswarm_process_restarts", "Restarts of a supervised process by its supervisor",
+                                labels=["process", "node"])
+        for name, p in sorted(procs.items()):
+            c.add_metric([name, self.node], float(p.get("restarts", 0)))
+        yield c
 
 
 class _ProcessRegistry:

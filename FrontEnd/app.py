@@ -10,7 +10,14 @@ from flask_restx import Namespace, Resource
 from Common.api import AUTHORIZATIONS, ERROR_SCHEMA, JsonApi, install_app_errors
 from Common.config import Config
 from Common.config import load as load_config
-from Common.metrics import CONTENT_TYPE, ClusterCollector, InfoCollector, exposition, instrument_flask
+from Common.metrics import (
+    CONTENT_TYPE,
+    ClusterCollector,
+    InfoCollector,
+    SupervisionCollector,
+    exposition,
+    instrument_flask,
+)
 from Common.store import Store
 from FrontEnd import events, evms, jobs, lifecycle, scheduler, status, workers
 from FrontEnd.context import Context, ctx
@@ -72,7 +79,9 @@ def create_app(cfg: Config | None = None) -> Flask:
     instrument_flask(app)
     info = InfoCollector("frontend", cfg.cluster())
     cluster = ClusterCollector(lambda: ctx().store)
+    restarts = SupervisionCollector(cfg.run_path)  # this host's supervised processes (Management.py up)
     # Outside the API (not in Swagger): each gunicorn worker answers for all of them (multiprocess mode).
-    app.add_url_rule("/metrics", "metrics", lambda: Response(exposition([info, cluster]), mimetype=CONTENT_TYPE))
+    app.add_url_rule("/metrics", "metrics",
+                     lambda: Response(exposition([info, cluster, restarts]), mimetype=CONTENT_TYPE))
     install_app_errors(app)
     return app

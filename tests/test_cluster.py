@@ -385,6 +385,26 @@ def test_group_migration_reports_per_item(cluster: Cluster) -> None:
     api.wait_state(a, "CANCELLED", timeout=120)
 
 
+def test_a_sigkilled_worker_on_an_ssh_host_is_restarted_by_that_hosts_supervisord(cluster: Cluster) -> None:
+    from Common.ops.supervise import Supervisor
+
+    h = cluster.spec.workers[0]
+    sup = Supervisor(Path(h.data_dir) / "worker-run")  # the host's run dir (this machine's filesystem)
+    wait_for("its Worker to be RUNNING", lambda: sup.info()["worker"]["statename"] == "RUNNING", 60)
+    before = sup.status()["worker"]
+    old = before["pid"]
+    assert old == json.loads(_mgmt(["hosts", "status", "--json"], cluster.env).stdout)[0]["worker_pid"]
+    killed_at = time.time()
+    os.kill(old, signal.SIGKILL)  # a crash, on that host; nobody restarts it
+    new = wait_for("a new Worker pid", lambda: (p := sup.pid("worker")) not in (None, old) and p, 60)
+    assert json.loads(_mgmt(["hosts", "status", "--json"], cluster.env).stdout)[0]["worker_pid"] == new
+    assert sup.status()["worker"]["restarts"] == before["restarts"] + 1
+    # It answers again: it registers and heartbeats, and runs a job on its node.
+    wait_for("a heartbeat after the kill",
+             lambda: (w := cluster.api.get(f"/workers/{h.name}").json()).get("state") == "READY"
+             and (w.get("heartbeat_at") or 0) > killed_at, 60)
+
+
 def test_deleting_a_worker_makes_its_node_leave_the_swarm(cluster: Cluster) -> None:
     api = cluster.api
     victim = cluster.spec.workers[-1].name

@@ -242,10 +242,10 @@ def test_worker_and_discovery_killed_during_creation_lose_nothing(api: Api, syst
         pid = procs.alive(actor)
         assert pid is not None
         os.killpg(pid, signal.SIGKILL)
-        wait_for(f"{actor} to die", lambda a=actor: procs.alive(a) is None, 30)
+        wait_for(f"{actor} to be restarted by its supervisor", lambda a=actor, p=pid: procs.alive(a) not in (None, p),
+                 60)
     wait_for("the agent to go on without them", lambda: len(netns_in(api.job(job_id)["tasks"]["e0"]["container_name"]))
              >= 60, 60)
-    Management.up(system, quiet=True)
     wait_ready(api, job_id, 120)  # reports lost meanwhile are repeated once the records show the lag
     r = api.post(f"/jobs/{job_id}/evms", json={"count": 5})
     assert r.status_code == 202, r.text

@@ -20,6 +20,7 @@ from Common.ops.remote import Inventory, RemoteError, RemoteHost, Session, load_
 from Common.ops.remote import start_worker as remote_start
 from Common.ops.remote import stop_worker as remote_stop
 from Common.ops.remote import worker_pid as remote_pid
+from Common.ops.supervise import Supervisor
 
 
 def cluster_dir(cfg: Config) -> Path:
@@ -142,13 +143,8 @@ def cluster_status(cfg: Config) -> dict[str, Any]:
 
 
 def _local_worker_pid(h: emulated.Host) -> int | None:
-    """The emulated hosts share this filesystem: read the Worker's pid file directly."""
-    try:
-        pid = int((Path(h.data_dir) / "worker-run" / "worker.pid").read_text().strip())
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return None
-    return pid if b"-m\x00Worker" in cmd else None
+    """The emulated hosts share this filesystem: ask the host's supervisord over its unix socket directly."""
+    return Supervisor(Path(h.data_dir) / "worker-run").pid("worker")
 
 
 # ---- remote Workers -----------------------------------------------------------------------------
@@ -194,7 +190,7 @@ def workers_status(inv: Inventory, names: list[str] | None = None) -> list[dict[
 def worker_logs(inv: Inventory, name: str, lines: int = 200) -> str:
     h = inv.get(name)
     with Session(h, Path(inv.known_hosts)) as s:
-        return "\n".join(s.get_text(f"{h.run_dir}/worker.log").splitlines()[-lines:])
+        return "\n".join(s.get_text(f"{h.run_dir}/logs/worker.log").splitlines()[-lines:])
 
 
 def ship(inv: Inventory, names: list[str] | None, say=print) -> None:

@@ -10,9 +10,9 @@ quoted with shlex, and the only shell code sent is constant.
 from __future__ import annotations
 
 import functools
+import json
 import shlex
 import stat
-import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +23,7 @@ import paramiko
 
 from Common.jobspec import NODE_NAME
 from Common.keys import key_file_name
+from Common.ops.supervise import ALIVE_STATES, Program, SuperviseError, Supervisor
 from Common.resources import parse_cpuset, parse_memory
 
 T = TypeVar("T")
@@ -259,8 +260,9 @@ class Session:
 
 
 # ---- the Worker process on a host ----------------------------------------------------------------
-# Constant shell code: daemonise "$@" in directory "$2" with its output appended to "$1"; print its pid.
-_START = 'log="$1"; dir="$2"; shift 2; cd "$dir" || exit 1; nohup setsid "$@" >>"$log" 2>&1 </dev/null & echo $!'
+# The Worker runs under a supervisord of its own on its host, in <run_dir>/supervisor (Common/ops/supervise.py):
+# the config is written here and shipped over SFTP (0600, in a 0700 directory), then
+# ``python -m Common.ops.supervise up|info|shutdown RUN_DIR`` runs there and answers JSON.
 
 
 def worker_env(h: RemoteHost, control: dict[str, str]) -> dict[str, str]:
@@ -273,49 +275,72 @@ def worker_env(h: RemoteHost, control: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _python(h: RemoteHost) -> str:
+    return f"{h.repo}/.venv/bin/python"
+
+
+def _supervise(s: Session, command: str, *programs: str, timeout: float = 120.0) -> dict[str, Any]:
+    """Run ``python -m Common.ops.supervise COMMAND RUN_DIR …`` on the host and parse its JSON answer."""
+    argv = ["env", f"PYTHONPATH={s.h.repo}", _python(s.h), "-m", "Common.ops.supervise", command, s.h.run_dir,
+            *programs]
+    rc, out, err = s.run(argv, timeout)
+    try:
+        answer = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise RemoteError(f"{s.h.name}: supervise {command} exited {rc}: {err.strip() or out.strip()}") from None
+    if rc != 0 or "error" in answer:
+        raise RemoteError(f"{s.h.name}: supervise {command}: {answer.get('error', err.strip())}")
+    return answer
+
+
+def supervision_status(s: Session) -> dict[str, Any]:
+    """The host's supervisord and its programs (state, pid, uptime, restarts)."""
+    return _supervise(s, "info")
+
+
 def worker_pid(s: Session) -> int | None:
-    """The pid of this host's Worker if it runs (checked against its command line, not just the pid)."""
-    rc, out, _ = s.run(["cat", f"{s.h.run_dir}/worker.pid"])
-    if rc != 0 or not out.strip().isdigit():
+    """The pid of this host's Worker if supervisord runs it, else None (no supervisord, or none there)."""
+    if s.run(["test", "-S", f"{s.h.run_dir}/supervisor/supervisor.sock"])[0] != 0:
         return None
-    pid = int(out.strip())
-    rc, cmdline, _ = s.run(["cat", f"/proc/{pid}/cmdline"])
-    return pid if rc == 0 and "-m\x00Worker" in cmdline else None
+    try:
+        w = supervision_status(s)["processes"].get("worker")
+    except RemoteError:
+        return None
+    return w["pid"] if w and w["state"] in ALIVE_STATES else None
 
 
 def start_worker(s: Session, node_key: str, control: dict[str, str]) -> int:
     """Start the host's Worker unless it runs. ``node_key`` (Common.keys.key_file_text) is this node's ZeroMQ
     key, its only credential: the API token never leaves the control plane."""
     h = s.h
-    existing = worker_pid(s)
-    if existing:
-        return existing
-    python = f"{h.repo}/.venv/bin/python"
+    python = _python(h)
     if s.run(["test", "-x", python])[0] != 0:
         raise RemoteError(f"{h.name}: {python} is missing: ship the code (Management.py hosts ship) and run "
                           f"`bash dependences.sh Worker` there")
-    s.check(["mkdir", "-p", "-m", "700", h.run_dir])
+    s.check(["mkdir", "-p", "-m", "700", h.run_dir, f"{h.run_dir}/supervisor"])
+    s.check(["chmod", "700", h.run_dir, f"{h.run_dir}/supervisor"])
+    s.check(["mkdir", "-p", f"{h.run_dir}/logs"])
     s.put_text(f"{h.run_dir}/{key_file_name(h.name)}", node_key, 0o600)
-    env = worker_env(h, control)
-    argv = ["env", *[f"{k}={v}" for k, v in sorted(env.items())], python, "-m", "Worker"]
-    out = s.check(["sh", "-c", _START, "start", f"{h.run_dir}/worker.log", h.repo, *argv])
-    pid = int(out.strip().splitlines()[-1])
-    s.check(["sh", "-c", 'echo "$1" > "$2"', "pidfile", str(pid), f"{h.run_dir}/worker.pid"])
-    time.sleep(0.3)
-    if worker_pid(s) is None:
-        raise RemoteError(f"{h.name}: the Worker exited at once:\n{s.get_text(f'{h.run_dir}/worker.log')[-1500:]}")
-    return pid
+    env = {**worker_env(h, control), "PYTHONPATH": h.repo, "RSWARM_SUPERVISION_METRICS": "1"}
+    sup = Supervisor(Path(h.run_dir), python=python)  # paths only: nothing is touched on this side
+    try:
+        conf = sup.render([Program("worker", [python, "-m", "Worker"], env, directory=h.repo)], f"rswarm-{h.name}",
+                          h.repo)
+    except SuperviseError as exc:
+        raise RemoteError(f"{h.name}: {exc}") from None
+    s.put_text(str(sup.conf), conf, 0o600)
+    answer = _supervise(s, "up", "worker")
+    w = answer["processes"].get("worker")
+    if not w or w["state"] not in ALIVE_STATES or not w["pid"]:
+        raise RemoteError(f"{h.name}: the Worker is not running ({w and w['state']}):\n"
+                          f"{s.get_text(f'{h.run_dir}/logs/worker.log')[-1500:]}")
+    return int(w["pid"])
 
 
 def stop_worker(s: Session, timeout: float = 15.0) -> bool:
-    pid = worker_pid(s)
-    if pid is None:
+    """Stop the host's supervisord and its Worker (and sweep anything left of that run dir)."""
+    if s.run(["test", "-e", f"{s.h.run_dir}/supervisor/supervisord.conf"])[0] != 0:
         return False
-    s.run(["kill", "-TERM", str(pid)])
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and worker_pid(s) == pid:
-        time.sleep(0.2)
-    if worker_pid(s) == pid:
-        s.run(["kill", "-KILL", str(pid)])
-    s.run(["rm", "-f", f"{s.h.run_dir}/worker.pid"])
-    return True
+    was = worker_pid(s) is not None
+    _supervise(s, "shutdown", timeout=timeout + 60)
+    return was
