@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import queue
@@ -64,6 +65,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "exit_code": ((int,), False),
         "reason": ((str,), False),
         "log_tail": ((str,), False),
+        "addresses": ((dict,), False),  # network name -> the container's IPv4 address there (RUNNING)
     },
     # An EPM agent's EVM outcomes, relayed by its Worker (Common.evmstates.check_report_items).
     "evm_status": {
@@ -127,6 +129,7 @@ def check_body(kind: str, body: Any) -> None:
             raise BadMessage(f"task_status: unknown state {body['state']!r}") from None
         if body["attempt"] < 0:
             raise BadMessage("task_status: attempt must be >= 0")
+        check_addresses(body.get("addresses") or {})
     if kind == "evm_status":
         try:
             check_report_items(body["items"])
@@ -135,6 +138,19 @@ def check_body(kind: str, body: Any) -> None:
         host = body.get("host") or {}
         if not all(k in ("ip", "mac", "name") and isinstance(v, str) for k, v in host.items()):
             raise BadMessage("evm_status: host holds ip, mac and name strings")
+
+
+def check_addresses(addresses: dict[str, Any]) -> None:
+    """A task's addresses: at most 16 networks, each name mapped to an IPv4 address."""
+    if len(addresses) > 16:
+        raise BadMessage("task_status: at most 16 addresses")
+    for net, ip in addresses.items():
+        if not isinstance(ip, str) or len(net) > 200:
+            raise BadMessage("task_status: addresses map network names to IPv4 addresses")
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            raise BadMessage(f"task_status: {ip!r} is not an IPv4 address") from None
 
 
 def decode(frame: bytes, key: bytes) -> tuple[str, dict[str, Any], str]:
