@@ -53,6 +53,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "checkpoint_id": ((str,), False),
         "container_id": ((str,), False),
         "timings": ((dict,), False),
+        "addresses": ((dict,), False),  # the restored container's, as in task_status
     },
     "task_status": {
         "job_id": ((str,), True),
@@ -129,6 +130,7 @@ def check_body(kind: str, body: Any) -> None:
             raise BadMessage(f"task_status: unknown state {body['state']!r}") from None
         if body["attempt"] < 0:
             raise BadMessage("task_status: attempt must be >= 0")
+    if kind in ("task_status", "migration_status"):
         check_addresses(body.get("addresses") or {})
     if kind == "evm_status":
         try:
@@ -143,14 +145,14 @@ def check_body(kind: str, body: Any) -> None:
 def check_addresses(addresses: dict[str, Any]) -> None:
     """A task's addresses: at most 16 networks, each name mapped to an IPv4 address."""
     if len(addresses) > 16:
-        raise BadMessage("task_status: at most 16 addresses")
+        raise BadMessage("addresses: at most 16 networks")
     for net, ip in addresses.items():
         if not isinstance(ip, str) or len(net) > 200:
-            raise BadMessage("task_status: addresses map network names to IPv4 addresses")
+            raise BadMessage("addresses map network names to IPv4 addresses")
         try:
             ipaddress.IPv4Address(ip)
         except ValueError:
-            raise BadMessage(f"task_status: {ip!r} is not an IPv4 address") from None
+            raise BadMessage(f"addresses: {ip!r} is not an IPv4 address") from None
 
 
 def decode(frame: bytes, key: bytes) -> tuple[str, dict[str, Any], str]:

@@ -65,6 +65,10 @@ def test_template_evms_become_the_jobs_evm_section_only_when_asked() -> None:
     assert sized["job_info"]["tasks"]["t0"] == {"req_cores": 1, "mem_limit": "128m"}
     shipped = Template.load(TEMPLATES / "epm-evms.json", with_evms=True).render(0)
     assert evm_count(shipped) == 8 and set(shipped["job_info"]["tasks"]) == {"t0", "t1"}
+    job = {"job_name": "vms", "job_info": {"evms": {"count": 5, "subnet": "10.61.0.0/24",
+                                                    "distribution": {"kind": "manual", "counts": {"a": 2, "b": 3}}},
+                                           "tasks": {"a": {"req_cores": 1}, "b": {"req_cores": 1}}}}
+    assert evm_count(Template.from_dict(job).render(1)) == 5  # a job definition carries its own section
 
 
 def test_an_invalid_evm_section_is_refused_when_loaded_naming_the_field() -> None:

@@ -104,10 +104,19 @@ def test_envelope_rejects_bad_frames(frame: bytes) -> None:
     ("task_status", {**GOOD_STATUS, "extra": 1}),
     ("task_status", {k: v for k, v in GOOD_STATUS.items() if k != "job_id"}),
     ("heartbeat", {"node": "n", "at": True}),
+    ("task_status", {**GOOD_STATUS, "addresses": {"rsw-net": "not-an-ip"}}),
+    ("task_status", {**GOOD_STATUS, "addresses": {"rsw-net": 7}}),
+    ("task_status", {**GOOD_STATUS, "addresses": {f"n{i}": "10.0.0.1" for i in range(17)}}),
+    ("migration_status", {"migration_id": "m", "state": "DONE", "node": "w", "at": 1.0, "addresses": {"n": "::1"}}),
 ])
 def test_envelope_refuses_invalid_bodies(kind: str, body: dict) -> None:
     with pytest.raises(messaging.BadMessage):
         messaging.encode(kind, body, "s", KEY)
+
+
+def test_task_addresses_travel_in_the_running_report() -> None:
+    body = {**GOOD_STATUS, "addresses": {"rsw-job-1": "10.218.0.5"}}
+    assert messaging.decode(messaging.encode("task_status", body, "w1", KEY), KEY)[1] == body
 
 
 def test_receiver_drops_bad_frames_and_keeps_good_ones() -> None:
