@@ -7,7 +7,9 @@
 ``evm_batches``  one per creation request (the job's initial EVMs, each POST): distribution and the
                  per-EPM rates the agents pace by.
 ``evm_jobs``     one per job: the next EVM number, the batch counter and a generation per EPM that
-                 every change of the EPM's desired set bumps (the Worker polls it to react at once).
+                 every change of the EPM's desired set bumps (the Worker polls it to react at once);
+                 ``gen``, the job-wide set generation, with the lease and ``spec`` (distribution and
+                 rate) of resizes (PATCH .../evms: set_state, set_guard, set_release).
 
 States only move forward (``Common.evmstates``); every report is a conditional update.
 """
