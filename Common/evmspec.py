@@ -592,6 +592,56 @@ def parse_addition(body: Any, epms: list[str]) -> Addition:
                     rate=parse_rate(raw.get("rate"), "rate"), labels=labels)
 
 
+@dataclass
+class SetUpdate:
+    """A validated ``PATCH /jobs/{id}/evms`` body: the set the job's EPMs should hold."""
+
+    count: int
+    counts: dict[str, int]  # the target per EPM: distribute(count) over the job's EPMs
+    distribution: Distribution
+    rate: Rate | None  # None: keep the job's
+
+
+def parse_set_update(body: Any, epms: list[str], stored: dict[str, Any] | None, current: int) -> SetUpdate:
+    """Validate a set update. ``stored`` is the distribution the job follows (None: it has none, as a job
+    whose EVMs were given per task); ``current`` its EVM count now (the default count).
+
+    The target per EPM is ``distribute(count)``. Every distribution is nested in ``count`` (uniform hands
+    the next EVM to the next EPM in turn; random and skew draw one EPM per EVM from the same seeded
+    sequence), so scaling up adds exactly the extra EVMs and scaling down removes the last ones.
+    """
+    raw = require_object(body, "body")
+    reject_unknown(raw, {"count", "distribution", "rate"}, "")
+    if not raw:
+        raise Invalid("give count, distribution or rate", field="body")
+    if raw.get("distribution") is not None:
+        given = _shorthand(raw["distribution"], "distribution")
+        if (stored is not None and given.get("seed") is None and given.get("kind") in ("random", "skew")
+                and stored.get("kind") == given.get("kind") and stored.get("seed") is not None):
+            given = {**given, "seed": stored["seed"]}  # the same request twice draws the same set
+        dist = parse_distribution(given, "distribution", epms)
+    elif stored is not None:
+        dist = parse_distribution(stored, "distribution", epms)
+    else:
+        raise Invalid("distribution: this job's EVMs were given per task, so it has no distribution to follow; "
+                      "give one (e.g. \"uniform\" or {\"kind\": \"manual\", \"counts\": {...}})",
+                      field="distribution")
+    if dist.kind == "manual":
+        assert dist.counts is not None
+        total = sum(dist.counts.values())
+        if raw.get("distribution") is None and raw.get("count") is not None:
+            raise Invalid("count: this job follows a manual distribution; give distribution.counts instead",
+                          field="count")
+        if raw.get("count") is not None and require_int(raw["count"], "count", 0, MAX_EVMS_PER_JOB) != total:
+            raise Invalid(f"distribution.counts add up to {total}, but count is {raw['count']}",
+                          field="distribution.counts")
+        count = require_int(total, "distribution.counts", 0, MAX_EVMS_PER_JOB)
+    else:
+        count = require_int(raw["count"], "count", 0, MAX_EVMS_PER_JOB) if raw.get("count") is not None else current
+    rate = parse_rate(raw["rate"], "rate") if raw.get("rate") is not None else None
+    return SetUpdate(count=count, counts=distribute(count, epms, dist), distribution=dist, rate=rate)
+
+
 def parse_labels_patch(body: Any) -> dict[str, str]:
     raw = require_object(body, "body")
     reject_unknown(raw, set(LABEL_FIELDS), "")

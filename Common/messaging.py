@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -110,6 +111,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "checkpoint_id": ((str,), False),
         "container_id": ((str,), False),
         "timings": ((dict,), False),
+        "addresses": ((dict,), False),  # the restored container's, as in task_status
     },
     "task_status": {
         "job_id": ((str,), True),
@@ -122,6 +124,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "exit_code": ((int,), False),
         "reason": ((str,), False),
         "log_tail": ((str,), False),
+        "addresses": ((dict,), False),  # network name -> the container's IPv4 address there (RUNNING)
     },
     # An EPM agent's EVM outcomes, relayed by its Worker (Common.evmstates.check_report_items).
     "evm_status": {
@@ -192,6 +195,8 @@ def check_body(kind: str, body: Any) -> None:
             raise BadMessage(f"task_status: unknown state {body['state']!r}") from None
         if body["attempt"] < 0:
             raise BadMessage("task_status: attempt must be >= 0")
+    if kind in ("task_status", "migration_status"):
+        check_addresses(body.get("addresses") or {})
     if kind == "evm_status":
         try:
             check_report_items(body["items"])
@@ -201,6 +206,18 @@ def check_body(kind: str, body: Any) -> None:
         if not all(k in ("ip", "mac", "name") and isinstance(v, str) for k, v in host.items()):
             raise BadMessage("evm_status: host holds ip, mac and name strings")
 
+
+def check_addresses(addresses: dict[str, Any]) -> None:
+    """A task's addresses: at most 16 networks, each name mapped to an IPv4 address."""
+    if len(addresses) > 16:
+        raise BadMessage("addresses: at most 16 networks")
+    for net, ip in addresses.items():
+        if not isinstance(ip, str) or len(net) > 200:
+            raise BadMessage("addresses map network names to IPv4 addresses")
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            raise BadMessage(f"addresses: {ip!r} is not an IPv4 address") from None
 
 
 def _header(sender: str) -> bytes:

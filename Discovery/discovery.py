@@ -127,7 +127,7 @@ class Discovery:
     def on_task_status(self, body: dict[str, Any]) -> None:
         job_id, task, attempt = body["job_id"], body["task"], body["attempt"]
         state = TaskState(body["state"])
-        fields = {k: body.get(k) for k in ("container_id", "exit_code", "reason", "log_tail")}
+        fields = {k: body.get(k) for k in ("container_id", "exit_code", "reason", "log_tail", "addresses")}
         if state not in TASK_TERMINAL:
             fields["exit_code"] = None
         moved = self.store.jobs.transition_task(job_id, task, attempt, state, at=body["at"], **fields)

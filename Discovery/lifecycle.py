@@ -36,12 +36,13 @@ class Lifecycle:
                 log.info("migration %s: checkpointed on %s", m["_id"], m["source"])
                 self.hint("migration", m["job_id"])
         elif state == mg.DONE and m["state"] == mg.CHECKPOINTED and body["node"] == m["target"]:
-            self.finish(m, body.get("container_id") or "", body.get("timings"))
+            self.finish(m, body.get("container_id") or "", body.get("timings"), body.get("addresses"))
         elif state == mg.FAILED and m["state"] in mg.ACTIVE:
             self.fail(m, body.get("reason") or "failed", body.get("timings"))
 
-    def finish(self, m: dict[str, Any], container_id: str, timings: dict[str, float] | None) -> None:
-        if not self.store.jobs.apply_migration(m, container_id):
+    def finish(self, m: dict[str, Any], container_id: str, timings: dict[str, float] | None,
+               addresses: dict[str, str] | None = None) -> None:
+        if not self.store.jobs.apply_migration(m, container_id, addresses):
             self.fail(m, "the task changed (ended or was cancelled) during the migration", timings)
             return
         if self.store.migrations.advance(m["_id"], mg.DONE, container_id=container_id, timings=timings):

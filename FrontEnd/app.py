@@ -19,7 +19,7 @@ from Common.metrics import (
     instrument_flask,
 )
 from Common.store import Store
-from FrontEnd import events, evms, jobs, lifecycle, scheduler, status, workers
+from FrontEnd import epms, events, evms, jobs, lifecycle, scheduler, status, workers
 from FrontEnd.context import Context, ctx
 from FrontEnd.schemas import with_error_examples
 
@@ -67,6 +67,7 @@ def create_app(cfg: Config | None = None) -> Flask:
     )
     api.add_namespace(jobs.ns, path="/jobs")
     api.add_namespace(evms.ns, path="/jobs")
+    api.add_namespace(epms.ns, path="/jobs")
     api.add_namespace(lifecycle.tasks_ns, path="/jobs")
     api.add_namespace(lifecycle.checkpoints_ns, path="/checkpoints")
     api.add_namespace(lifecycle.migrations_ns, path="/migrations")

@@ -2,7 +2,8 @@
 
 INFO    GET  .../evms (paginated, by state and EPM), GET .../evms/summary, GET .../evms/{evm_id}
 CREATE  POST .../evms: add EVMs to a waiting or running job, with a distribution and a rate
-UPDATE  PATCH .../evms/{evm_id}: an EVM's labels (vpc, tenant, security group)
+UPDATE  PATCH .../evms: the set's size (following the job's distribution) and the next batch's rate;
+        PATCH .../evms/{evm_id}: an EVM's labels (vpc, tenant, security group)
 DELETE  DELETE .../evms: remove some (count newest first, an EPM's, given ids) or all
 """
 
@@ -21,10 +22,13 @@ from Common.evmspec import (
     LEAN_MAX_PORTS,
     MAX_EVMS_PER_EPM,
     MAX_EVMS_PER_JOB,
+    Addition,
     Pool,
     evm_capacity,
     parse_addition,
     parse_labels_patch,
+    parse_rate,
+    parse_set_update,
 )
 from Common.evmstates import EvmState
 from Common.resources import format_memory
@@ -111,7 +115,34 @@ PATCH_SCHEMA = {"type": "object", "additionalProperties": False, "minProperties"
                 "example": {"security_group": "sg-web"},
                 "properties": {k: {"type": "string"} for k in LABEL_FIELDS}}
 
+SET_SCHEMA = {"type": "object", "additionalProperties": False, "minProperties": 1,
+              "example": {"count": 40, "rate": {"kind": "rps", "rps": 20}},
+              "description": "the number of EVMs the job should hold: its EPMs end holding distribute(count) "
+                             "under the job's distribution (or the one given, which the job follows from then "
+                             "on); EVMs are added as one batch at `rate` (default: the job's last) and removed "
+                             "newest first. The same request twice leaves the same set.",
+              "properties": {"count": {"type": "integer", "minimum": 0, "maximum": MAX_EVMS_PER_JOB,
+                                       "description": "default: the job's current count"},
+                             "distribution": _DIST, "rate": _RATE}}
+SET_RESULT_SCHEMA = {
+    "type": "object", "required": ["job_id", "count", "counts", "added", "removed", "changed"],
+    "example": {"job_id": "job-0193f2a1b2c3-7f3a2b", "count": 40, "counts": {"e0": 20, "e1": 20},
+                "added": {"e0": 5, "e1": 5}, "removed": {}, "changed": True, "batch": "b2",
+                "distribution": {"kind": "uniform"}, "rate": {"kind": "rps", "rps": 20.0, "burst": 1},
+                "summary_url": "/api/v1/jobs/job-0193f2a1b2c3-7f3a2b/evms/summary"},
+    "properties": {
+        "job_id": {"type": "string"}, "count": {"type": "integer", "description": "the set's new size"},
+        "counts": {**_COUNTS, "description": "the set per EPM once done"},
+        "added": {**_COUNTS, "description": "EVMs recorded now, per EPM (created by the agents at the rate)"},
+        "removed": {**_COUNTS, "description": "EVMs marked for deletion, per EPM (newest first)"},
+        "changed": {"type": "boolean", "description": "false: the set already was that"},
+        "batch": {"description": "the batch holding the added EVMs (null when none were added)"},
+        "distribution": {"type": "object"}, "rate": {"type": "object", "description": "the job's rate from now on"},
+        "summary_url": {"type": "string"}}}
+
 evm_model = ns.schema_model("Evm", EVM_VIEW_SCHEMA)
+set_body = ns.schema_model("EvmSetUpdate", SET_SCHEMA)
+set_result = ns.schema_model("EvmSetUpdated", SET_RESULT_SCHEMA)
 evm_page = ns.schema_model("EvmPage", EVM_PAGE_SCHEMA)
 summary_model = ns.schema_model("EvmSummary", SUMMARY_SCHEMA)
 add_body = ns.schema_model("EvmAddition", ADD_SCHEMA)
@@ -248,6 +279,60 @@ class Evms(Resource):
             raise Conflict(f"count: {exc}", field="count") from None
         return {"job_id": job_id, **added, "summary_url": f"{evms_url(job_id)}/summary",
                 "url": evms_url(job_id)}, 202
+
+    @ns.doc(security="bearer", body=set_body)
+    @ns.response(202, "Recorded: EVMs added and/or marked for deletion; their agents do the rest", set_result)
+    @ns.response(400, "Invalid body (the field is named)", error)
+    @ns.response(401, "Missing or wrong bearer token", error)
+    @ns.response(404, "No such job", error)
+    @ns.response(409, "The job has no EPMs, is finished, has no room, or its EVM set changed meanwhile (another "
+                      "update, addition or deletion): read it again and retry", error)
+    @ns.response(413, "Body too large", error)
+    @ns.response(503, "MongoDB unavailable", error)
+    @require_token
+    def patch(self, job_id: str):
+        """UPDATE: resize the job's EVM set following its distribution; set the next batch's rate. Idempotent.
+        202; 400; 401; 404; 409 changed meanwhile / no room / finished; 503."""
+        body = json_body()
+        job = _job(job_id)
+        epms = _epms(job)
+        if not epms:
+            raise Conflict(f"job {job_id} has no EPMs (submit it with an evms section)", field="job_id")
+        if job["state"] in {s.value for s in JOB_TERMINAL} or job.get("cancel_requested"):
+            why = " and being cancelled" if job.get("cancel_requested") else ""
+            raise Conflict(f"job {job_id} is {job['state']}{why}; only a waiting or running job's EVMs change",
+                           field="job_id")
+        store = ctx().store
+        st = store.evms.set_state(job_id)
+        plan = job.get("evms") or {}
+        wanted = store.evms.wanted_counts(job_id)
+        update = parse_set_update(body, epms, st["spec"].get("distribution") or plan.get("distribution"),
+                                  sum(wanted.get(e, 0) for e in epms))
+        rate = update.rate or parse_rate(st["spec"].get("rate") or plan.get("rate"), "rate")
+        added = {e: n - wanted.get(e, 0) for e, n in update.counts.items() if n > wanted.get(e, 0)}
+        removed = {e: wanted[e] - update.counts.get(e, 0) for e in wanted if wanted[e] > update.counts.get(e, 0)}
+        if added:
+            _check_capacity(job, added)
+        if not store.evms.set_guard(job_id, st["gen"], {"distribution": update.distribution.doc(),
+                                                        "rate": rate.doc()}):
+            raise Conflict(f"the EVM set of job {job_id} changed meanwhile (another update, addition or deletion); "
+                           "read it again and retry", field="job_id")
+        batch = None
+        try:
+            for epm, n in removed.items():
+                store.evms.request_delete(job_id, epm=epm, count=n)
+            if added:
+                addition = Addition(count=sum(added.values()), counts=added, distribution=update.distribution,
+                                    rate=rate, labels={})
+                batch = store.evms.add(job, addition)["batch"]
+        except PoolExhausted as exc:
+            raise Conflict(f"count: {exc}", field="count") from None
+        finally:
+            store.evms.set_release(job_id)
+        return {"job_id": job_id, "count": update.count, "counts": update.counts, "added": added,
+                "removed": removed, "changed": bool(added or removed), "batch": batch,
+                "distribution": update.distribution.doc(), "rate": rate.doc(),
+                "summary_url": f"{evms_url(job_id)}/summary"}, 202
 
     @ns.doc(security="bearer", params={
         "count": {"description": "delete this many (newest first); default all", "type": "integer", "in": "query"},

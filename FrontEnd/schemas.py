@@ -120,6 +120,10 @@ TASK_VIEW_SCHEMA = {
         "cpuset": {"description": "cores it holds, e.g. '0-1' (null until placed)"},
         "container_id": {"description": "null until created"},
         "container_name": {"description": "docker name of its container"},
+        "ip": {"description": "its container's address on the job's network (null until it runs)"},
+        "addresses": {"type": "object", "additionalProperties": {"type": "string"},
+                      "description": "network name -> its container's IPv4 address, read from the engine "
+                                     "once it started ({} until then)"},
         "exit_code": {"description": "null until it exits"},
         "reason": {"description": "why it failed, was cancelled or lost"},
         "log_tail": {"description": "the last 2 KB of its output, once it has exited"},
@@ -136,7 +140,8 @@ SAMPLE_JOB_VIEW = {
                 "docker_name": "rsw-job-0193f2a1b2c3-7f3a2b"},
     "tasks": {"t1": {"state": "RUNNING", "attempt": 0, "image": "rswarm/task:1", "req_cores": 1, "mem_limit": "64m",
                      "node": "w1", "cpuset": "0", "container_id": "4f1c2d3e5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b",
-                     "container_name": "rsw-job-0193f2a1b2c3-7f3a2b-t1-0", "exit_code": None, "reason": None,
+                     "container_name": "rsw-job-0193f2a1b2c3-7f3a2b-t1-0", "ip": "10.201.3.2",
+                     "addresses": {"rsw-job-0193f2a1b2c3-7f3a2b": "10.201.3.2"}, "exit_code": None, "reason": None,
                      "log_tail": None, "state_times": {"PENDING": 1795364130.1, "SCHEDULED": 1795364130.2,
                                                        "STARTING": 1795364130.6, "RUNNING": 1795364131.0}}},
     "url": "/api/v1/jobs/job-0193f2a1b2c3-7f3a2b",
@@ -215,6 +220,11 @@ ERROR_EXAMPLES: list[tuple[str, str, int, str, str | None]] = [
     ("/jobs/{job_id}/evms/{evm_id}", "*", 404, f"no EVM '{_SAMPLE_JOB_ID}.v7' in job '{_SAMPLE_JOB_ID}'", "evm_id"),
     ("/jobs/{job_id}/evms/{evm_id}", "*", 409, f"EVM {_SAMPLE_JOB_ID}.v7 is deleted", "evm_id"),
     ("/jobs/{job_id}/evms/{evm_id}", "*", 400, "give at least one of vpc, tenant, security_group", "body"),
+    ("/jobs/{job_id}/epms/{name}", "*", 404, f"no EPM 'e9' in job {_SAMPLE_JOB_ID} (EPMs: e0, e1)", "name"),
+    ("/jobs/{job_id}/epms", "*", 400, "vm_limit must be between 1 and 100", "vm_limit"),
+    ("/jobs/{job_id}/evms", "patch", 409, f"the EVM set of job {_SAMPLE_JOB_ID} changed meanwhile (another update, "
+                                          "addition or deletion); read it again and retry", "job_id"),
+    ("/jobs/{job_id}/evms", "patch", 400, "count must be between 0 and 100000", "count"),
     ("/jobs/{job_id}/evms", "post", 409, f"job {_SAMPLE_JOB_ID} is COMPLETED; EVMs are added to waiting or running "
                                          "jobs only", "job_id"),
     ("/jobs/{job_id}/evms", "post", 400, "count is required (how many EVMs to add)", "count"),

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from Common.resources import format_cpuset
-from Common.store.jobs import container_name
+from Common.store.jobs import container_name, network_name
 
 API = "/api/v1"
 
@@ -26,6 +26,8 @@ def task_view(name: str, t: dict[str, Any], job_id: str) -> dict[str, Any]:
         "cpuset": t.get("cpuset"),
         "container_id": t.get("container_id"),
         "container_name": container_name(job_id, name, t["attempt"]),
+        "ip": (t.get("addresses") or {}).get(network_name(job_id)),
+        "addresses": t.get("addresses") or {},
         "exit_code": t.get("exit_code"),
         "reason": t.get("reason"),
         "log_tail": t.get("log_tail"),

@@ -110,8 +110,11 @@ def parser() -> argparse.ArgumentParser:
                    help="after the last arrival, wait up to S seconds for jobs to finish (default 300)")
     g.add_argument("--keep", action="store_true", help="leave jobs unfinished at the end running (default: cancel)")
     g.add_argument("--evms", action="store_true",
-                   help="send the template's 'evms' section with each job (off by default: the FrontEnd "
-                        "may not accept it yet)")
+                   help="send the template's 'evms' section as each job's job_info.evms: every task an EPM "
+                        "(a job definition used as a template sends its own section regardless)")
+    g.add_argument("--evm-hold", type=non_negative, default=1.0, metavar="S",
+                   help="an EVM job runs until deleted: the client deletes it S seconds after all its EVMs "
+                        "are READY or ERROR (default 1)")
     g.add_argument("--poll-interval", type=positive, default=1.0, metavar="S",
                    help="how often job states are read (does not change measured latencies; default 1)")
     g.add_argument("--sample-interval", type=positive, default=1.0, metavar="S",
@@ -302,13 +305,15 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         print(f"StressClient: note: {out} is not empty; its results files are overwritten", file=sys.stderr)
     opts = RunOptions(seed=args.seed, concurrency=args.concurrency, max_backlog=args.max_backlog,
                       drain_seconds=args.drain, cancel_at_end=not args.keep, poll_interval=args.poll_interval,
-                      sample_interval=args.sample_interval, http_timeout=args.http_timeout)
+                      sample_interval=args.sample_interval, http_timeout=args.http_timeout,
+                      evm_hold=args.evm_hold)
     show = not args.no_progress and sys.stderr.isatty()
     bar = LiveBar(len(arrivals), show)
     runner = Runner(fe, arrivals, opts, bar.update)
     config = {"mode": args.mode, "params": params, "seed": args.seed, "duration": args.duration,
               "count": args.count, "templates": names, "url": url, "concurrency": args.concurrency,
-              "max_backlog": args.max_backlog, "evms": args.evms, "argv": sys.argv[1:], "host": socket.gethostname(),
+              "max_backlog": args.max_backlog, "evms": args.evms, "evm_hold": args.evm_hold, "argv": sys.argv[1:],
+              "host": socket.gethostname(),
               "planned_arrivals": len(arrivals), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     with bar.progress:
         result = runner.run()

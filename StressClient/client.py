@@ -66,6 +66,24 @@ class FrontEnd:
     def cancel(self, job_id: str) -> Reply:
         return self._call("DELETE", f"/jobs/{job_id}")
 
+    def evm_summary(self, job_id: str) -> Reply:
+        return self._call("GET", f"/jobs/{job_id}/evms/summary")
+
+    def evms(self, job_id: str, state: str, max_pages: int = 100) -> list[dict[str, Any]] | None:
+        """A job's EVM records in ``state``, 1,000 a page; None when a page could not be read."""
+        out: list[dict[str, Any]] = []
+        after: int | None = None
+        for _ in range(max_pages):
+            params: dict[str, Any] = {"state": state, "limit": 1000, **({"after": after} if after is not None else {})}
+            r = self._call("GET", f"/jobs/{job_id}/evms", params=params)
+            if r.status != 200 or not isinstance(r.body, dict):
+                return None
+            out += r.body.get("items", [])
+            after = r.body.get("next")
+            if after is None:
+                return out
+        return out
+
     def workers(self) -> Reply:
         return self._call("GET", "/workers")
 

@@ -104,7 +104,8 @@ def rates(records: Sequence[JobRecord], started_at: float, window: float) -> dic
 def outcomes(records: Sequence[JobRecord]) -> dict[str, Any]:
     rejected = Counter(r.error for r in records if r.error)
     states = Counter(r.state or "unknown" for r in records if r.accepted)
-    failed = Counter(normalise_reason(r.reason) for r in records if r.accepted and r.state in ("FAILED", "CANCELLED"))
+    failed = Counter(normalise_reason(r.reason) for r in records
+                     if r.accepted and r.state in ("FAILED", "CANCELLED") and not r.evms_released)
     examples = {}
     for r in records:
         if r.error and r.error not in examples:
@@ -179,10 +180,34 @@ def latency_trend(records: Sequence[JobRecord], started_at: float) -> float | No
     return float(np.polyfit(x, y, 1)[0])
 
 
+def evm_summary(records: Sequence[JobRecord]) -> dict[str, Any] | None:
+    """EVM jobs only (None without any): EVMs requested, READY and ERROR; per job, submit → all EVMs ready
+    and all EPMs running → all EVMs ready (the last EVM's READY time, the system's clock); per EVM, the
+    time its agent spent creating it."""
+    jobs = [r for r in records if r.evms_requested and r.accepted]
+    if not jobs:
+        return None
+    return {
+        "jobs": len(jobs),
+        "requested": sum(r.evms_requested for r in jobs),
+        "ready": sum(r.evms_ready or 0 for r in jobs),
+        "errors": sum(r.evms_errors or 0 for r in jobs),
+        "jobs_all_ready": sum(1 for r in jobs if r.evms_ready_at is not None),
+        "released": sum(1 for r in jobs if r.evms_released),
+        "submit_to_all_ready": stats([v for v in (_diff(r.submit_at, r.evms_ready_at) for r in jobs)
+                                      if v is not None]),
+        "running_to_all_ready": stats([v for v in (_diff(r.running_at, r.evms_ready_at) for r in jobs)
+                                       if v is not None]),
+        "create_ms": stats([ms for r in jobs for ms in r.evm_create_ms]),
+    }
+
+
 def summarise(records: Sequence[JobRecord], samples: Sequence[Sample], started_at: float,
               window: float) -> dict[str, Any]:
     values = stage_values(records)
+    evms = evm_summary(records)
     return {
+        **({"evms": evms} if evms is not None else {}),
         "stages": {s.key: {"label": s.label, **stats(values[s.key])} for s in STAGES},
         "rates": rates(records, started_at, window),
         "outcomes": outcomes(records),

@@ -38,6 +38,13 @@ class JobRecord:
     nodes: list[str] = field(default_factory=list)
     task_running: list[float] = field(default_factory=list)  # every task's RUNNING time
     cancelled_by_client: bool = False
+    # EVM jobs (a job with an evms section; docs/stressclient.md "EVM workloads"), from the system's records:
+    evms_requested: int = 0
+    evms_ready: int | None = None  # READY when its EVMs settled (every one READY or ERROR)
+    evms_errors: int | None = None
+    evms_ready_at: float | None = None  # the last EVM's times.READY (system clock): all ready
+    evm_create_ms: list[float] = field(default_factory=list)  # each READY EVM's creation time (create_ms)
+    evms_released: bool = False  # deleted by the client --evm-hold seconds after its EVMs settled
 
     @property
     def accepted(self) -> bool:

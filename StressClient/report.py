@@ -19,7 +19,8 @@ FORMAT = "rswarm-stress/1"
 CSV_FIELDS = ("seq", "offset", "template", "tasks", "cores", "job_id", "status", "error", "state", "submit_at",
               "sent_at", "response_at", "accepted_at", "scheduled_at", "running_at", "finished_at",
               "submit_to_accepted", "accepted_to_scheduled", "scheduled_to_running", "submit_to_running",
-              "submit_to_completed", "nodes", "reason")
+              "submit_to_completed", "nodes", "reason", "evms_requested", "evms_ready", "evms_errors",
+              "evms_ready_at", "submit_to_evms_ready")
 PLOTS = ("arrivals.png", "latency_cdf.png", "latency_timeline.png", "utilisation.png")
 
 
@@ -90,6 +91,8 @@ def write_csv(out: Path, data: dict[str, Any]) -> None:
                 v = stages[key].value(r)
                 row[key] = None if v is None else round(v, 6)
             row["nodes"] = " ".join(r.nodes)
+            ready = None if r.evms_ready_at is None else r.evms_ready_at - r.submit_at
+            row["submit_to_evms_ready"] = None if ready is None else round(ready, 6)
             w.writerow(["" if row.get(k) is None else row[k] for k in CSV_FIELDS])
 
 
@@ -128,6 +131,17 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
         lines.append(f"rejected {n}: {reason}" + (f" — e.g. {ex}" if ex else ""))
     for reason, n in out["not_completed_by_reason"].items():
         lines.append(f"not completed {n}: {reason}")
+    ev = s.get("evms")
+    if ev:
+        lines.append(f"EVMs: {ev['requested']} requested in {ev['jobs']} jobs, {ev['ready']} READY, {ev['errors']} "
+                     f"ERROR; all ready in {ev['jobs_all_ready']} jobs; {ev['released']} jobs deleted by the "
+                     "client after their hold")
+        for key, label in (("submit_to_all_ready", "submit → all EVMs ready (s)"),
+                           ("running_to_all_ready", "all running → all EVMs ready (s)"),
+                           ("create_ms", "EVM creation, per EVM (ms)")):
+            st = ev[key]
+            lines.append(f"  {label:<34} n {st['n']}  p50 {_fmt(st['p50'])}  p99 {_fmt(st['p99'])}  "
+                         f"max {_fmt(st['max'])}")
     for w, u in s["utilisation"].items():
         lines.append(f"worker {w}: {u['cores']} cores, mean {100 * u['mean_used_fraction']:.1f}% in use")
     lines.extend(f"note: {n}" for n in data.get("notes", []))

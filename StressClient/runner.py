@@ -8,7 +8,10 @@ at its scheduled arrival (no coordinated omission), and how late it was sent is 
 stalled FrontEnd cannot make the client's memory grow without bound.
 
 A poller learns the jobs' fates from the FrontEnd (one listing per active state, one GET per job
-that left them) and a sampler records each worker's cores in use. Timestamps of job progress are the
+that left them) and a sampler records each worker's cores in use. A job with EVMs never ends by itself
+(its EPMs run until deleted): the poller reads its EVM summary until every EVM is READY or ERROR, then
+its EVM records once (when each became READY, how long each took), and deletes the job
+``evm_hold`` seconds later. Timestamps of job progress are the
 system's own, so how often we poll changes nothing measured.
 """
 
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 
 from StressClient.client import FrontEnd
 from StressClient.records import JobRecord, Sample
-from StressClient.templates import Template, job_shape
+from StressClient.templates import Template, evm_count, job_shape
 
 ACTIVE_STATES = ("QUEUED", "SCHEDULED", "RUNNING")
 
@@ -44,6 +47,7 @@ class RunOptions:
     poll_interval: float = 1.0
     sample_interval: float = 1.0
     http_timeout: float = 30.0
+    evm_hold: float = 1.0  # seconds an EVM job is left running once its EVMs settled, then deleted
 
 
 @dataclass
@@ -91,6 +95,7 @@ class Runner:
         self.t0_mono = 0.0
         self.t0 = 0.0
         self.notes: list[str] = []
+        self.evms_settled: dict[str, float] = {}  # EVM job -> when (monotonic) its EVMs were seen settled
 
     # ---- threads --------------------------------------------------------------------------------
     def _sender(self) -> None:
@@ -101,6 +106,7 @@ class Runner:
             rec, tpl = item
             body = tpl.render(rec.seq, self.opts.seed)
             rec.tasks, rec.cores = job_shape(body)
+            rec.evms_requested = evm_count(body)
             rec.sent_at = time.time()
             reply = self.fe.submit(body)
             rec.response_at = time.time()
@@ -157,12 +163,38 @@ class Runner:
                 rec.apply_view(reply.body)
             elif reply.status == 404:
                 rec.state, rec.reason = "CANCELLED", "vanished: 404 from the FrontEnd"
+        for rec in watching.values():
+            if rec.evms_requested and not rec.final and not rec.evms_released:
+                self._poll_evms(rec)
         with self.lock:
             for job_id, rec in watching.items():
                 if rec.final and self.active.pop(job_id, None) is not None:
                     self.progress.finished += 1
-                    if rec.state != "COMPLETED":
+                    if rec.state != "COMPLETED" and not rec.evms_released:
                         self.progress.failed += 1
+
+    def _poll_evms(self, rec: JobRecord) -> None:
+        """Follow an EVM job until its EVMs settle; read their records once; delete it after the hold."""
+        job_id = rec.job_id
+        assert job_id is not None
+        if job_id not in self.evms_settled:
+            reply = self.fe.evm_summary(job_id)
+            if reply.status != 200 or not isinstance(reply.body, dict):
+                return
+            errors = int((reply.body.get("by_state") or {}).get("ERROR", 0))
+            if int(reply.body.get("ready", 0)) + errors < rec.evms_requested:
+                return
+            ready = self.fe.evms(job_id, "READY")
+            if ready is None:
+                return
+            rec.evms_ready, rec.evms_errors = len(ready), errors
+            times = [e["times"]["READY"] for e in ready if (e.get("times") or {}).get("READY") is not None]
+            rec.evms_ready_at = max(times) if times and not errors else None
+            rec.evm_create_ms = [float(e["create_ms"]) for e in ready if e.get("create_ms") is not None]
+            self.evms_settled[job_id] = time.monotonic()
+        if time.monotonic() - self.evms_settled[job_id] >= self.opts.evm_hold:
+            reply = self.fe.cancel(job_id)
+            rec.evms_released = reply.status in (200, 202)
 
     def _poller(self) -> None:
         while not self.finished.is_set():

@@ -8,8 +8,11 @@ A template is a JSON object (see ``StressClient/templates/*.json`` and docs/stre
 Any numeric field, ``memory`` and ``image`` may be a range ``{"min": lo, "max": hi}`` (uniform;
 integers for integer fields, whole MiB for memory) or ``{"choice": [..]}``. ``command`` (a string or
 a list of strings, where ``{duration}`` is replaced by the drawn duration) overrides ``duration``,
-which otherwise runs ``sleep <duration>``. ``network`` becomes ``job_info.network``; ``evms`` is an
-opaque object sent as the job's ``evms`` field only when the run asks for it (``--evms``).
+which otherwise runs ``sleep <duration>``. ``network`` becomes ``job_info.network``; ``evms`` is the
+job's EVM section (docs/evms.md), sent as ``job_info.evms`` when the run asks for it (``--evms``): every
+task is then an EPM (the EPM image, no command; ``mem_limit`` only when the template gives ``memory``,
+else the FrontEnd sizes it from the EVMs), and job 0 is checked by the FrontEnd's own validator when
+the template is loaded.
 
 A template may also be a plain job definition, exactly what ``POST /api/v1/jobs`` takes (it has a
 ``job_info``): every job of the run is that job, named ``<job_name or "job">-<index>``.
@@ -100,6 +103,7 @@ class Template:
     source: str = "<built-in>"
     with_evms: bool = False
     _memory: Any = field(default=None, repr=False)
+    _explicit_memory: bool = field(default=True, repr=False)
 
     @classmethod
     def load(cls, path: str | Path | None, with_evms: bool = False) -> Template:
@@ -163,7 +167,10 @@ class Template:
         env = spec.get("environment") or {}
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             raise TemplateError(f"{w}: environment maps names to strings")
-        return cls(spec, source, with_evms, memory)
+        tpl = cls(spec, source, with_evms, memory, "memory" in raw)
+        if with_evms and spec.get("evms") is not None:
+            _validate(tpl.render(0), source)
+        return tpl
 
     @property
     def name(self) -> str:
@@ -192,6 +199,9 @@ class Template:
         else:
             command = [a.replace("{duration}", dur_text) for a in cmd]
         task: dict[str, Any] = {"image": image, "command": command, "req_cores": cores, "mem_limit": mem_text}
+        epms = self.with_evms and s.get("evms") is not None
+        if epms:  # an EPM runs the EPM image and its agent; memory is sized from its EVMs unless given
+            task = {"req_cores": cores, **({"mem_limit": mem_text} if self._explicit_memory else {})}
         if s.get("environment"):
             task["environment"] = dict(s["environment"])
         body: dict[str, Any] = {
@@ -201,8 +211,8 @@ class Template:
         }
         if s.get("network"):
             body["job_info"]["network"] = dict(s["network"])
-        if self.with_evms and s.get("evms") is not None:
-            body["evms"] = json.loads(json.dumps(s["evms"]))
+        if epms:
+            body["job_info"]["evms"] = json.loads(json.dumps(s["evms"]))
         return body
 
 
@@ -212,20 +222,7 @@ class JobTemplate(Template):
 
     @classmethod
     def from_job(cls, raw: dict[str, Any], source: str, with_evms: bool = False) -> JobTemplate:
-        # The FrontEnd's own validator, so a definition the API takes is a template and one it refuses is
-        # refused here with the same field. Volume paths are checked by the FrontEnd against its own
-        # volume root, which this client cannot see, so they are left to it.
-        from Common.errors import Invalid
-        from Common.jobspec import Limits, validate_job
-
-        probe = json.loads(json.dumps(raw))
-        for t in ((probe.get("job_info") or {}).get("tasks") or {}).values():
-            if isinstance(t, dict):
-                t.pop("volumes", None)
-        try:
-            validate_job(probe, Limits())
-        except Invalid as exc:
-            raise TemplateError(f"{source}: {exc.field or 'job'}: {exc.message}") from None
+        _validate(raw, source)
         name = raw.get("job_name") or "job"
         return cls({"name": name, "job": raw}, source, with_evms)
 
@@ -233,6 +230,36 @@ class JobTemplate(Template):
         body = json.loads(json.dumps(self.spec["job"]))
         body["job_name"] = f"{prefix or self.name}-{index:06d}"[:127]
         return body
+
+
+def _validate(job: dict[str, Any], source: str) -> None:
+    """The FrontEnd's own validator, so a definition the API takes is a template and one it refuses is
+    refused here with the same field. Volume paths are checked by the FrontEnd against its own volume
+    root, which this client cannot see, so they are left to it."""
+    from Common.errors import Invalid
+    from Common.jobspec import Limits, validate_job
+
+    probe = json.loads(json.dumps(job))
+    for t in ((probe.get("job_info") or {}).get("tasks") or {}).values():
+        if isinstance(t, dict):
+            t.pop("volumes", None)
+    try:
+        validate_job(probe, Limits())
+    except Invalid as exc:
+        raise TemplateError(f"{source}: {exc.field or 'job'}: {exc.message}") from None
+
+
+def evm_count(body: dict[str, Any]) -> int:
+    """How many EVMs a rendered (and valid) job body asks for: its job-level section or its tasks' sections."""
+    info = body.get("job_info") or {}
+    section = info.get("evms")
+    if isinstance(section, dict):
+        dist = section.get("distribution")
+        if isinstance(dist, dict) and dist.get("kind") == "manual":
+            return sum(int(n) for n in (dist.get("counts") or {}).values())
+        return int(section.get("count") or 0)
+    return sum(int((t.get("evms") or {}).get("count") or 0) for t in (info.get("tasks") or {}).values()
+               if isinstance(t, dict))
 
 
 def job_shape(body: dict[str, Any]) -> tuple[int, int]:

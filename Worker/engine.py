@@ -185,6 +185,15 @@ class Engine:
                 raise StartFailed(f"cannot start the container: {exc.explanation or exc}") from None
             raise
 
+    def addresses(self, container_id: str) -> dict[str, str]:
+        """The container's IPv4 address on each network it is attached to (docker inspect
+        NetworkSettings.Networks), read after start; {} when the engine cannot say (it is reported again)."""
+        try:
+            nets = self.api.inspect_container(container_id)["NetworkSettings"].get("Networks") or {}
+        except (APIError, KeyError):
+            return {}
+        return {name: n["IPAddress"] for name, n in nets.items() if isinstance(n, dict) and n.get("IPAddress")}
+
     def stop_and_remove(self, container_id: str, timeout: int) -> None:
         try:
             self.api.stop(container_id, timeout=timeout)

@@ -186,7 +186,7 @@ class Lifecycle:
             self._report(m, mg.FAILED, reason=f"restore on {self.w.name} failed: {_why(exc)}")
             return
         log.info("migration %s: restored %s as %s", m["_id"], container_name(m["job_id"], m["task"], attempt), cid[:12])
-        self._report(m, mg.DONE, container_id=cid, timings=timings)
+        self._report(m, mg.DONE, container_id=cid, timings=timings, addresses=self.w.engine.addresses(cid))
 
 
 def _why(exc: BaseException) -> str:

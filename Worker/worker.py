@@ -247,7 +247,8 @@ class Worker:
             # Created by a pass that died before starting it.
             self.start(job["_id"], name, t, obs.id)
         elif obs.status == "running" and TASK_RANK[state] < TASK_RANK[TaskState.RUNNING]:
-            self.report(job["_id"], name, t["attempt"], TaskState.RUNNING, container_id=obs.id)
+            self.report(job["_id"], name, t["attempt"], TaskState.RUNNING, container_id=obs.id,
+                        addresses=self.engine.addresses(obs.id) or None)
 
     def ensure_started(self, job: dict[str, Any], name: str, t: dict[str, Any]) -> None:
         state = TaskState(t["state"])
@@ -287,4 +288,5 @@ class Worker:
             return
         CONTAINER_STARTS.labels(self.name, "started").inc()
         log.info("started %s/%s#%d on cores %s", job_id, name, t["attempt"], t["cpuset"])
-        self.report(job_id, name, t["attempt"], TaskState.RUNNING, container_id=cid)
+        self.report(job_id, name, t["attempt"], TaskState.RUNNING, container_id=cid,
+                    addresses=self.engine.addresses(cid) or None)

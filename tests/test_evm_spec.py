@@ -324,3 +324,40 @@ def test_kernel_names_fit_linux_interface_names() -> None:
         assert names.seq_of(names.veth_name(seq), names.VETH_PREFIX) == seq
         assert names.veth_index(seq) < 2**31 and names.bridge_index(seq) != names.veth_index(seq)
     assert names.seq_of("rswv007", names.VETH_PREFIX) is None and names.seq_of("eth0", names.VETH_PREFIX) is None
+
+
+# ---- resizing a job's set (PATCH /jobs/{id}/evms) -------------------------------------------------
+@pytest.mark.parametrize("dist", [evmspec.Distribution("uniform"), evmspec.Distribution("random", seed=3),
+                                  evmspec.Distribution("skew", seed=8, s=1.3)], ids=lambda d: d.kind)
+def test_every_distribution_is_nested_in_the_count_so_resizing_only_adds_or_only_removes(dist) -> None:
+    epms = ["a", "b", "c", "d"]
+    for n in range(0, 60):
+        small, big = evmspec.distribute(n, epms, dist), evmspec.distribute(n + 7, epms, dist)
+        assert all(small[e] <= big[e] for e in epms) and sum(big.values()) == n + 7
+
+
+def test_set_update_targets_the_distribution_and_reuses_the_jobs_seed() -> None:
+    epms = ["a", "b"]
+    stored = {"kind": "random", "seed": 12}
+    up = evmspec.parse_set_update({"count": 9, "rate": {"kind": "rps", "rps": 5}}, epms, stored, 4)
+    assert up.counts == evmspec.distribute(9, epms, evmspec.Distribution("random", seed=12))
+    assert up.rate == evmspec.Rate("rps", rps=5.0)
+    assert evmspec.parse_set_update({"distribution": "random", "count": 9}, epms, stored, 4).counts == up.counts
+    assert evmspec.parse_set_update({"rate": "sequential"}, epms, stored, 4).count == 4  # the count stays
+    manual = evmspec.parse_set_update({"distribution": {"kind": "manual", "counts": {"b": 2}}}, epms, stored, 4)
+    assert manual.count == 2 and manual.counts == {"a": 0, "b": 2} and manual.rate is None
+
+
+@pytest.mark.parametrize(("body", "stored", "field"), [
+    ({"count": 3}, None, "distribution"),  # EVMs given per task: no distribution to follow
+    ({"count": 3}, {"kind": "manual", "counts": {"a": 1}}, "count"),
+    ({"count": 100_001}, {"kind": "uniform"}, "count"),
+    ({"count": 1, "size": 2}, {"kind": "uniform"}, "size"),
+    ({}, {"kind": "uniform"}, "body"),
+    ([], {"kind": "uniform"}, "body"),
+    ({"rate": {"kind": "random"}}, {"kind": "uniform"}, "rate.mean_interval"),
+])
+def test_set_update_refusals_name_the_field(body: Any, stored: dict[str, Any] | None, field: str) -> None:
+    with pytest.raises(Invalid) as exc:
+        evmspec.parse_set_update(body, ["a", "b"], stored, 2)
+    assert exc.value.field == field

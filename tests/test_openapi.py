@@ -58,3 +58,20 @@ def test_every_operation_documents_its_error_responses(system) -> None:
             if method in ("post", "put", "delete", "patch"):
                 assert "401" in codes, (path, method)
                 assert op.get("security"), (path, method)
+
+
+def test_pod_view_and_set_resize_are_documented_with_schemas_and_examples(system) -> None:
+    doc = requests.get(f"{system.frontend_url}/api/v1/swagger.json", timeout=10).json()
+    pods, pod = doc["paths"]["/jobs/{job_id}/epms"]["get"], doc["paths"]["/jobs/{job_id}/epms/{name}"]["get"]
+    assert pods["responses"]["200"]["schema"]["$ref"].endswith("/EpmList")
+    assert pod["responses"]["200"]["schema"]["$ref"].endswith("/Epm")
+    assert {p["name"] for p in pod["parameters"]} >= {"vm_limit", "vm_after", "vm_state"}
+    assert pod["responses"]["404"]["examples"]["application/json"]["error"]["field"] == "name"
+    assert doc["definitions"]["Epm"]["example"]["vms"][0]["name"] == "vm1"
+    resize = doc["paths"]["/jobs/{job_id}/evms"]["patch"]
+    assert set(resize["responses"]) >= {"202", "400", "401", "404", "409"} and resize.get("security")
+    assert resize["responses"]["409"]["examples"]["application/json"]["error"]["field"] == "job_id"
+    assert doc["definitions"]["EvmSetUpdate"]["example"]["count"] == 40
+    task = doc["definitions"]["Job"]["properties"]["tasks"]["additionalProperties"]
+    assert {"ip", "addresses"} <= set(task["properties"])
+    assert doc["definitions"]["Job"]["example"]["tasks"]["t1"]["ip"] == "10.201.3.2"

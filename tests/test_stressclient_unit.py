@@ -17,7 +17,7 @@ from StressClient.__main__ import main
 from StressClient.client import Reply
 from StressClient.records import JobRecord, Sample
 from StressClient.runner import Arrival, Runner, RunOptions
-from StressClient.templates import Template, TemplateError, job_shape
+from StressClient.templates import Template, TemplateError, evm_count, job_shape
 from StressClient.trace import TraceError, load_trace
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "StressClient" / "templates"
@@ -51,13 +51,32 @@ def test_template_ranges_are_drawn_within_bounds_and_deterministically() -> None
             assert t["command"][0] == "sleep" and 0.5 <= float(t["command"][1]) <= 1.5
 
 
-def test_template_command_and_evms_pass_through_only_when_asked() -> None:
-    raw = {"tasks": 2, "command": ["sh", "-c", "sleep {duration}"], "duration": 2, "evms": {"count": 4}}
+def test_template_evms_become_the_jobs_evm_section_only_when_asked() -> None:
+    section = {"count": 4, "subnet": "10.60.0.0/24", "devices": "lean"}
+    raw = {"tasks": 2, "command": ["sh", "-c", "sleep {duration}"], "duration": 2, "evms": section}
     off = Template.from_dict(raw).render(3)
     on = Template.from_dict(raw, with_evms=True).render(3)
-    assert "evms" not in off and on["evms"] == {"count": 4}
-    assert on["job_info"]["tasks"]["t1"]["command"] == ["sh", "-c", "sleep 2"]
-    assert on["job_name"] == "stress-000003"
+    assert "evms" not in off["job_info"] and off["job_info"]["tasks"]["t1"]["command"] == ["sh", "-c", "sleep 2"]
+    # Every task an EPM: the EPM image (no image, no command), memory sized by the FrontEnd unless given.
+    assert on["job_info"]["evms"] == section and "evms" not in on
+    assert on["job_info"]["tasks"] == {"t0": {"req_cores": 1}, "t1": {"req_cores": 1}}
+    assert on["job_name"] == "stress-000003" and evm_count(on) == 4 and evm_count(off) == 0
+    sized = Template.from_dict({**raw, "memory": "128m"}, with_evms=True).render(0)
+    assert sized["job_info"]["tasks"]["t0"] == {"req_cores": 1, "mem_limit": "128m"}
+    shipped = Template.load(TEMPLATES / "epm-evms.json", with_evms=True).render(0)
+    assert evm_count(shipped) == 8 and set(shipped["job_info"]["tasks"]) == {"t0", "t1"}
+    job = {"job_name": "vms", "job_info": {"evms": {"count": 5, "subnet": "10.61.0.0/24",
+                                                    "distribution": {"kind": "manual", "counts": {"a": 2, "b": 3}}},
+                                           "tasks": {"a": {"req_cores": 1}, "b": {"req_cores": 1}}}}
+    assert evm_count(Template.from_dict(job).render(1)) == 5  # a job definition carries its own section
+
+
+def test_an_invalid_evm_section_is_refused_when_loaded_naming_the_field() -> None:
+    with pytest.raises(TemplateError, match=r"job_info\.evms\.subnet"):
+        Template.from_dict({"evms": {"count": 4}}, "t.json", with_evms=True)
+    with pytest.raises(TemplateError, match=r"job_info\.tasks\.t0\.mem_limit"):
+        Template.from_dict({"memory": "16m", "evms": {"count": 4, "subnet": "10.60.0.0/24"}}, "t.json",
+                           with_evms=True)
 
 
 @pytest.mark.parametrize(("raw", "needle"), [

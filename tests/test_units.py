@@ -136,6 +136,24 @@ def test_least_privilege_refuses_kinds_a_sender_may_not_send(sender: str, to: st
         messaging.authorize(to, sender, kind, body)
 
 
+@pytest.mark.parametrize(("kind", "body"), [
+    ("nope", {}),
+    ("task_status", {**GOOD_STATUS, "state": "EXPLODED"}),
+    ("task_status", {**GOOD_STATUS, "attempt": -1}),
+    ("task_status", {**GOOD_STATUS, "attempt": "0"}),
+    ("task_status", {**GOOD_STATUS, "extra": 1}),
+    ("task_status", {k: v for k, v in GOOD_STATUS.items() if k != "job_id"}),
+    ("heartbeat", {"node": "n", "at": True}),
+    ("task_status", {**GOOD_STATUS, "addresses": {"rsw-net": "not-an-ip"}}),
+    ("task_status", {**GOOD_STATUS, "addresses": {"rsw-net": 7}}),
+    ("task_status", {**GOOD_STATUS, "addresses": {f"n{i}": "10.0.0.1" for i in range(17)}}),
+    ("migration_status", {"migration_id": "m", "state": "DONE", "node": "w", "at": 1.0, "addresses": {"n": "::1"}}),
+])
+def test_envelope_refuses_invalid_bodies(kind: str, body: dict) -> None:
+    with pytest.raises(messaging.BadMessage):
+        messaging.check_body(kind, body)
+
+
 def test_a_worker_keyring_holds_only_its_own_keys() -> None:
     assert NODE_N.key("worker-n", "discovery") == CP.key("worker-n", "discovery")
     assert NODE_N.key("globalmanager", "worker-n") == CP.key("globalmanager", "worker-n")
@@ -185,6 +203,11 @@ def test_worker_process_without_a_node_key_or_token_exits_with_a_clear_error(tmp
     r = subprocess.run([sys.executable, "-m", "Worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     assert "worker-lonely.key is missing" in r.stderr
+
+
+def test_task_addresses_travel_in_the_running_report() -> None:
+    body = {**GOOD_STATUS, "addresses": {"rsw-job-1": "10.218.0.5"}}
+    assert messaging.decode(_signed("task_status", body), CP, "discovery").body == body
 
 
 def test_receiver_drops_bad_frames_and_keeps_good_ones() -> None:

@@ -7,7 +7,9 @@
 ``evm_batches``  one per creation request (the job's initial EVMs, each POST): distribution and the
                  per-EPM rates the agents pace by.
 ``evm_jobs``     one per job: the next EVM number, the batch counter and a generation per EPM that
-                 every change of the EPM's desired set bumps (the Worker polls it to react at once).
+                 every change of the EPM's desired set bumps (the Worker polls it to react at once);
+                 ``gen``, the job-wide set generation, with the lease and ``spec`` (distribution and
+                 rate) of resizes (PATCH .../evms: set_state, set_guard, set_release).
 
 States only move forward (``Common.evmstates``); every report is a conditional update.
 """
@@ -192,6 +194,29 @@ class EvmStore:
             query["seq"] = {"$gt": after}
         return list(self.col.find(query).sort("seq", ASCENDING).limit(limit))
 
+    def epm_vms(self, job_id: str, epm: str, limit: int, after: int | None,
+                state: str | None = None) -> list[dict[str, Any]]:
+        """A page of one EPM's EVMs by number: its live ones (not DELETED), or those in ``state``."""
+        query: dict[str, Any] = {"job_id": job_id, "epm": epm, "state": state or {"$in": LIVE}}
+        if after is not None:
+            query["seq"] = {"$gt": after}
+        return list(self.col.find(query).sort("seq", ASCENDING).limit(limit))
+
+    def epm_host(self, job_id: str, epm: str) -> dict[str, Any]:
+        """The EPM's own address and MAC on the job network, as its agent last reported them."""
+        doc = self.col.find_one({"job_id": job_id, "epm": epm, "host_ip": {"$ne": None}},
+                                {"host_ip": 1, "host_mac": 1, "_id": 0}, sort=[("seq", DESCENDING)])
+        return {"ip": (doc or {}).get("host_ip"), "mac": (doc or {}).get("host_mac")}
+
+    def wanted_counts(self, job_id: str) -> dict[str, int]:
+        """Live EVMs not being deleted, per EPM (what a job's EVM set holds once deletions are done)."""
+        out: dict[str, int] = {}
+        for d in self.col.aggregate([{"$match": {"job_id": job_id, "state": {"$in": LIVE},
+                                                 "delete_requested": False}},
+                                     {"$group": {"_id": "$epm", "n": {"$sum": 1}}}]):
+            out[d["_id"]] = d["n"]
+        return out
+
     def live_counts(self, job_id: str) -> dict[str, int]:
         """Non-deleted EVMs per EPM (what occupies its memory, bridge ports and addresses)."""
         out: dict[str, int] = {}
@@ -259,8 +284,30 @@ class EvmStore:
 
     # ---- the Worker's side --------------------------------------------------------------------
     def bump(self, job_id: str, epms: list[str]) -> None:
+        # ``gen`` moves with every change of the job's set: the guard of PATCH .../evms (set_guard).
         if epms:
-            self.meta.update_one({"_id": job_id}, {"$inc": {f"gens.{e}": 1 for e in epms}})
+            self.meta.update_one({"_id": job_id}, {"$inc": {"gen": 1, **{f"gens.{e}": 1 for e in epms}}})
+
+    # ---- changing the whole set (PATCH .../evms) ------------------------------------------------
+    def set_state(self, job_id: str) -> dict[str, Any]:
+        """The job's set generation and stored set spec (distribution, rate), read before planning a change."""
+        doc = self.meta.find_one_and_update({"_id": job_id}, {"$inc": {"gen": 0}}, upsert=True,
+                                            return_document=ReturnDocument.AFTER)
+        return {"gen": doc.get("gen", 0), "spec": doc.get("spec") or {}, "lease": doc.get("lease")}
+
+    def set_guard(self, job_id: str, gen: int, spec: dict[str, Any], lease_seconds: float = 60.0) -> bool:
+        """Take the right to change the job's set, planned from generation ``gen``. False when the set
+        changed since (an addition, a deletion, another update) or another update holds the lease; a
+        crashed holder's lease expires after ``lease_seconds``."""
+        now = time.time()
+        doc = self.meta.find_one_and_update(
+            {"_id": job_id, "gen": gen, "$or": [{"lease": None}, {"lease": {"$lt": now}}]},
+            {"$inc": {"gen": 1}, "$set": {"lease": now + lease_seconds, "spec": spec}},
+        )
+        return doc is not None
+
+    def set_release(self, job_id: str) -> None:
+        self.meta.update_one({"_id": job_id}, {"$set": {"lease": None}, "$inc": {"gen": 1}})
 
     def gens(self, job_ids: list[str]) -> dict[str, dict[str, int]]:
         return {d["_id"]: d.get("gens") or {} for d in self.meta.find({"_id": {"$in": job_ids}}, {"gens": 1})}

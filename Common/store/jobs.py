@@ -231,7 +231,8 @@ class JobStore:
                             "reason": f"preempted by {by}"})
             update[f"tasks.{name}"] = {**t, "state": TaskState.PENDING.value, "attempt": t["attempt"] + 1,
                                        "node": None, "cpuset": None, "claim_token": None, "container_id": None,
-                                       "exit_code": None, "log_tail": None, "reason": f"preempted by {by}",
+                                       "addresses": {}, "exit_code": None, "log_tail": None,
+                                       "reason": f"preempted by {by}",
                                        "state_times": {TaskState.PENDING.value: now}}
         res = self.col.update_one(guard, {"$set": update, "$inc": {"preemptions": 1},
                                           "$push": {"history": {"$each": history, "$slice": -200}}})
@@ -276,7 +277,7 @@ class JobStore:
                             "cpuset": t.get("cpuset"), "at": now})
             update[f"tasks.{name}"] = {**t, "state": TaskState.PENDING.value, "attempt": t["attempt"] + 1,
                                        "node": None, "cpuset": None, "claim_token": None, "container_id": None,
-                                       "exit_code": None, "log_tail": None,
+                                       "addresses": {}, "exit_code": None, "log_tail": None,
                                        "reason": f"attempt {t['attempt']} {ended.lower()}: {reason}",
                                        "state_times": {TaskState.PENDING.value: now}}
         res = self.col.update_one(guard, {"$set": update, "$inc": {"requeues": 1},
@@ -329,7 +330,7 @@ class JobStore:
         self.col.update_one({"_id": job_id, f"tasks.{task}.migration_id": mig_id},
                             {"$set": {f"tasks.{task}.migration_id": None}})
 
-    def apply_migration(self, m: dict[str, Any], container_id: str) -> bool:
+    def apply_migration(self, m: dict[str, Any], container_id: str, addresses: dict[str, str] | None = None) -> bool:
         """The task now runs on the target as its next attempt (its source container becomes an orphan)."""
         job = self.get(m["job_id"])
         if job is None:
@@ -347,6 +348,7 @@ class JobStore:
             {"$set": {f"tasks.{task}.attempt": m["attempt"] + 1, f"tasks.{task}.node": m["target"],
                       f"tasks.{task}.cpuset": format_cpuset(m["cpuset"]), f"tasks.{task}.claim_token": m["token"],
                       f"tasks.{task}.container_id": container_id, f"tasks.{task}.migration_id": None,
+                      f"tasks.{task}.addresses": addresses or {},
                       f"tasks.{task}.migrated_at": now, f"tasks.{task}.state_times.MIGRATED": now, "nodes": nodes},
              "$push": {"history": {"$each": [{"task": task, "attempt": m["attempt"], "state": "MIGRATED",
                                               "node": m["source"], "cpuset": t.get("cpuset"), "at": now,
