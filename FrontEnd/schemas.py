@@ -122,7 +122,8 @@ TASK_VIEW_SCHEMA = {
         "container_name": {"description": "docker name of its container"},
         "exit_code": {"description": "null until it exits"},
         "reason": {"description": "why it failed, was cancelled or lost"},
-        "log_tail": {"description": "the last 2 KB of its output, once it has exited"},
+        "log_tail": {"description": "the last 2 KB of its output, once it has exited; only with the bearer token "
+                                    "(without it the key is left out)"},
         "state_times": {"type": "object", "additionalProperties": {"type": "number"}},
     },
 }
