@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from Common.api import allowed_hosts
+from Common.config import ConfigError, load
 from Common.errors import Invalid
 from Common.jobspec import MAX_CORES_PER_TASK, MAX_CPUSET_CHARS, Limits, validate_job
 
@@ -106,3 +107,18 @@ def test_default_allowed_hosts_are_loopback_and_the_configured_addresses_at_the_
 def test_configured_allowed_hosts_take_a_name_for_any_port_or_name_and_port() -> None:
     assert allowed_hosts(" api.example.org , [::1]:8080,Proxy:443", 5001) == [
         ("api.example.org", None), ("::1", "8080"), ("proxy", "443")]
+
+
+# ---- the configuration of these bounds --------------------------------------------------------------
+@pytest.mark.parametrize("value", ["0", "15", "-1", "many"])
+def test_pids_limit_that_would_not_bound_a_container_is_a_config_error_naming_the_key(
+        tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match=r"(?i)pids_limit"):
+        load(tmp_path / "absent.toml", env={"RSWARM_WORKER_PIDS_LIMIT": value})
+
+
+def test_pids_limit_and_allowed_hosts_are_read_from_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[worker]\npids_limit = 256\n[frontend]\nallowed_hosts = "api.example.org"\n')
+    cfg = load(f, env={})
+    assert cfg.worker.pids_limit == 256 and cfg.frontend.allowed_hosts == "api.example.org"
