@@ -279,6 +279,32 @@ def _task(name: str, raw: Any, where: str, limits: Limits) -> TaskSpec:
     )
 
 
+def volume_contains(outer: str, inner: str) -> bool:
+    """Whether job-relative volume path ``outer`` is a proper ancestor of ``inner`` ("." holds everything)."""
+    if outer == inner:
+        return False
+    return outer == "." or inner.startswith(outer + "/")
+
+
+def _check_volumes_not_nested(tasks: list[TaskSpec], raw_tasks: dict[str, Any]) -> None:
+    """A job's volumes are each the same directory or separate ones, never one inside another.
+
+    A container that can write in a directory on another bind's path could swap a component for a symlink
+    in the moment between the Worker's check and dockerd's mount; with no volume inside another, no
+    container of the job can write in any directory above another's bind (docs/security.md).
+    """
+    seen: list[tuple[str, str]] = []  # (job-relative path, field)
+    for t in tasks:
+        raw = raw_tasks[t.name].get("volumes") or {}
+        for host, rel in zip(raw, t.volumes, strict=True):
+            where = f"job_info.tasks.{t.name}.volumes.{host}"
+            for other, other_where in seen:
+                if volume_contains(other, rel) or volume_contains(rel, other):
+                    raise Invalid(f"{where}: one of this job's volumes lies inside another ({other_where}); "
+                                  "a job's volumes must be the same directory or separate ones", field=where)
+            seen.append((rel, where))
+
+
 def validate_job(body: Any, limits: Limits) -> JobSpec:
     """Check a submitted job definition; return it normalised or raise ``Invalid``."""
     job = require_object(body, "body")
@@ -318,6 +344,7 @@ def validate_job(body: Any, limits: Limits) -> JobSpec:
         raw_tasks = evmspec.with_epm_defaults(info, raw_tasks)
     tasks = [_task(n, t, f"job_info.tasks.{n}", limits) for n, t in raw_tasks.items()]
 
+    _check_volumes_not_nested(tasks, raw_tasks)
     seen: dict[str, str] = {}
     for t in tasks:
         for alias in {t.name, t.container_name} - {None}:

@@ -110,10 +110,11 @@ class Engine:
         return raw[-LOG_TAIL_BYTES:].decode("utf-8", "replace")
 
     def create(self, job_id: str, task: str, t: dict[str, Any], network: str,
-               epm: dict[str, Any] | None = None) -> str:
+               epm: dict[str, Any] | None = None, job_rels: list[str] | None = None) -> str:
         """Create (not start) the task's container, pinned and limited. Returns its id.
 
         ``epm`` (Worker.evms) turns it into an EPM: the EPM image, capabilities, /dev/net/tun, its directory.
+        ``job_rels``: every volume path of the job's document (Worker.volumes.job_paths), re-checked for nesting.
         """
         name = container_name(job_id, task, t["attempt"])
         if epm:
@@ -127,7 +128,7 @@ class Engine:
         else:
             ports = list(t.get("ports") or {})
             port_bindings = {p: h for p, h in (t.get("ports") or {}).items()} or None
-            binds = self._binds(job_id, t.get("volumes") or [])
+            binds = self._binds(job_id, t.get("volumes") or [], job_rels or [])
             image, command, environment = t["image"], t.get("command"), t.get("environment") or None
         host_config = self.api.create_host_config(
             cpuset_cpus=self.physical_cpuset(t["cpuset"]),
@@ -165,14 +166,17 @@ class Engine:
             raise
         return created["Id"]
 
-    def _binds(self, job_id: str, volumes: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    def _binds(self, job_id: str, volumes: list[dict[str, Any]], job_rels: list[str]) -> dict[str, dict[str, str]]:
         """The task's binds, each resolved here without following symlinks (Worker.volumes)."""
         if not volumes:
             return {}
         if self.volume_root is None:
             raise StartFailed("this Worker has no volume root configured; the task's volumes cannot be mounted")
+        mounted = [m.get("Source", "") for c in self.api.containers(all=True, filters={"label": [
+            f"{LABEL_CLUSTER}={self.cluster}", f"{LABEL_JOB}={job_id}"]}) for m in c.get("Mounts") or []
+            if m.get("Type") == "bind"]
         try:
-            return binds_for(self.volume_root, job_id, volumes)
+            return binds_for(self.volume_root, job_id, volumes, job_rels, mounted)
         except VolumeRefused as exc:
             raise StartFailed(f"volume refused: {exc}") from None
 

@@ -25,8 +25,11 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from Common.jobspec import volume_contains
 
 _DIR_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -86,13 +89,39 @@ def resolve(root: Path, job_id: str, rel: str) -> str:
         os.close(fd)
 
 
-def binds_for(root: Path, job_id: str, volumes: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
-    """docker-py's ``binds`` for a task's stored volumes (``[{path, bind, mode}]``). Raises ``VolumeRefused``."""
+def job_paths(job: dict[str, Any]) -> list[str]:
+    """Every job-relative volume path the job's document gives its ordinary tasks (EPMs mount none)."""
+    return [v["path"] for t in job.get("tasks", {}).values() if not t.get("evms")
+            for v in t.get("volumes") or [] if isinstance(v, dict) and isinstance(v.get("path"), str)]
+
+
+def _check_not_inside(root: Path, job_id: str, rel: str, job_rels: Iterable[str], mounted: Iterable[str]) -> None:
+    """Refuse ``rel`` when another volume of the job (by its document) or a bind of one of its containers
+    (as the engine reports it) is a directory above it: a container writing there could swap a component of
+    ``rel`` for a symlink between this check and dockerd's mount. The FrontEnd refuses such jobs; this is
+    the re-check against an altered document."""
+    job_dir = f"{os.path.realpath(root)}/{job_id}"
+    norm = "/".join(job_dir_parts(job_id, rel)[1:]) or "."
+    others = {"/".join(job_dir_parts(job_id, r)[1:]) or "." for r in job_rels}
+    others |= {os.path.relpath(m, job_dir) for m in mounted if m == job_dir or m.startswith(job_dir + "/")}
+    for outer in sorted(others):
+        if volume_contains(outer, norm):
+            raise VolumeRefused(f"volume path {job_dir}/{norm} lies inside {job_dir}/{outer}, another volume of "
+                                "the job: a container writing there could swap a directory on this path")
+
+
+def binds_for(root: Path, job_id: str, volumes: list[dict[str, Any]], job_rels: Iterable[str] = (),
+              mounted: Iterable[str] = ()) -> dict[str, dict[str, str]]:
+    """docker-py's ``binds`` for a task's stored volumes (``[{path, bind, mode}]``). ``job_rels``: every volume
+    path of the job's document; ``mounted``: the bind sources of the job's containers on this engine.
+    Raises ``VolumeRefused``."""
+    job_rels, mounted = list(job_rels), list(mounted)
     out: dict[str, dict[str, str]] = {}
     for v in volumes:
         rel = v.get("path")
         if not isinstance(rel, str) or rel.startswith("/"):
             raise VolumeRefused(f"volume {v.get('bind')!r} of job {job_id} has no path relative to the job's "
                                 "directory (stored by an older version or altered); refusing it")
+        _check_not_inside(root, job_id, rel, job_rels, mounted)
         out[resolve(root, job_id, rel)] = {"bind": str(v["bind"]), "mode": "ro" if v.get("mode") == "ro" else "rw"}
     return out

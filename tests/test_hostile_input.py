@@ -66,8 +66,32 @@ def plain(**task: Any) -> dict[str, Any]:
 
 def test_volume_host_path_is_stored_relative_to_the_jobs_directory() -> None:
     spec = validate_job(plain(volumes={f"{ROOT}/data/in": {"bind": "/in", "mode": "ro"},
-                                       str(ROOT): {"bind": "/all"}}), LIMITS)
-    assert spec.tasks[0].volumes == {"data/in": {"bind": "/in", "mode": "ro"}, ".": {"bind": "/all", "mode": "rw"}}
+                                       f"{ROOT}/out": {"bind": "/out"}}), LIMITS)
+    assert spec.tasks[0].volumes == {"data/in": {"bind": "/in", "mode": "ro"}, "out": {"bind": "/out", "mode": "rw"}}
+    assert validate_job(plain(volumes={str(ROOT): {"bind": "/all"}}), LIMITS).tasks[0].volumes == {
+        ".": {"bind": "/all", "mode": "rw"}}
+
+
+def test_tasks_of_a_job_may_share_one_volume_directory() -> None:
+    body = {"job_info": {"tasks": {n: {"image": "rswarm/task:1", "req_cores": 1,
+                                       "volumes": {f"{ROOT}/shared": {"bind": "/s"}}} for n in ("a", "b")}}}
+    assert [t.volumes for t in validate_job(body, LIMITS).tasks] == [{"shared": {"bind": "/s", "mode": "rw"}}] * 2
+
+
+@pytest.mark.parametrize(("a", "b"), [(f"{ROOT}/data", f"{ROOT}/data/sub"), (f"{ROOT}/data/sub", f"{ROOT}/data"),
+                                      (str(ROOT), f"{ROOT}/x")], ids=["inner-second", "inner-first", "whole-root"])
+def test_a_volume_inside_another_volume_of_the_job_is_refused_naming_the_second(a: str, b: str) -> None:
+    body = {"job_info": {"tasks": {"t1": {"image": "rswarm/task:1", "req_cores": 1, "volumes": {a: {"bind": "/a"}}},
+                                   "t2": {"image": "rswarm/task:1", "req_cores": 1, "volumes": {b: {"bind": "/b"}}}}}}
+    err = refused(body)
+    assert err.field == f"job_info.tasks.t2.volumes.{b}" and "inside another" in err.message
+    one_task = refused(plain(volumes={a: {"bind": "/a"}, b: {"bind": "/b"}}))
+    assert one_task.field == f"job_info.tasks.t.volumes.{b}"
+
+
+def test_volumes_sharing_a_name_prefix_are_not_nested() -> None:
+    spec = validate_job(plain(volumes={f"{ROOT}/x": {"bind": "/x"}, f"{ROOT}/xy": {"bind": "/xy"}}), LIMITS)
+    assert set(spec.tasks[0].volumes) == {"x", "xy"}
 
 
 @pytest.mark.parametrize(("host", "bind", "field"), [

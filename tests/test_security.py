@@ -146,6 +146,27 @@ def test_symlink_in_the_jobs_own_volume_path_fails_the_task_with_the_reason_and_
     assert not (job_dir / "escape" / "etc").is_symlink()
 
 
+def test_volume_nested_inside_another_by_an_altered_document_fails_the_task_with_the_reason(
+        api: Api, store: Store, system: Config) -> None:
+    root = os.path.realpath(system.volume_root)
+    blocker = hold_node(api, store)
+    vol = {"image": "rswarm/task:1", "req_cores": 1, "mem_limit": "64m", "command": ["sleep", "300"]}
+    job_id = api.submit(task_job({
+        "writer": {**vol, "volumes": {f"{system.volume_root}/data": {"bind": "/data"}}},
+        "reader": {**vol, "volumes": {f"{system.volume_root}/other": {"bind": "/mnt"}}}}, name="nested"))
+    assert api.job(job_id)["state"] == "QUEUED"
+    # The FrontEnd refuses a volume inside another of the job's (tests/test_hostile_input.py); an altered
+    # document puts one there, where the writer could swap data/sub for a symlink while it is mounted.
+    store.jobs.col.update_one({"_id": job_id}, {"$set": {
+        "tasks.reader.volumes": [{"path": "data/sub", "bind": "/mnt", "mode": "rw"}]}})
+    release(api, blocker)
+    job = api.wait_state(job_id, "FAILED", timeout=120)
+    reason = job["tasks"]["reader"]["reason"]
+    assert f"{root}/{job_id}/data/sub lies inside {root}/{job_id}/data" in reason, reason
+    for c in containers_of(TEST_CLUSTER, job_id):
+        assert not [m for m in inspect(c["Id"])["Mounts"] if m["Source"].endswith("/data/sub")]
+
+
 # ---- item 5: containers are bounded ---------------------------------------------------------------------
 def _cgroup_file(pid: int, name: str) -> Path:
     """The file ``name`` of the pids cgroup holding ``pid`` (cgroup v1 pids controller, or v2)."""

@@ -81,3 +81,25 @@ def test_binds_maps_each_volume_and_only_allows_ro_or_rw(root: Path) -> None:
     real = os.path.realpath(root)
     assert got == {f"{real}/job-a/in": {"bind": "/in", "mode": "ro"},
                    f"{real}/job-a/out": {"bind": "/out", "mode": "rw"}}
+
+
+def test_a_volume_inside_another_of_the_jobs_document_is_refused(root: Path) -> None:
+    with pytest.raises(VolumeRefused, match=r"lies inside .*/job-a/data, another volume"):
+        binds_for(root, "job-a", [{"path": "data/sub", "bind": "/x"}], job_rels=["data", "data/sub"])
+    with pytest.raises(VolumeRefused, match="lies inside"):
+        binds_for(root, "job-a", [{"path": "x", "bind": "/x"}], job_rels=[".", "x"])
+    assert not (root / "job-a").exists()  # refused before anything was made
+
+
+def test_a_volume_inside_a_bind_of_one_of_the_jobs_containers_is_refused(root: Path) -> None:
+    real = os.path.realpath(root)
+    with pytest.raises(VolumeRefused, match="lies inside"):
+        binds_for(root, "job-a", [{"path": "data/sub", "bind": "/x"}], job_rels=["data/sub"],
+                  mounted=[f"{real}/job-a/data", "/var/lib/other"])
+
+
+def test_the_same_directory_and_other_jobs_binds_are_not_nesting(root: Path) -> None:
+    real = os.path.realpath(root)
+    got = binds_for(root, "job-a", [{"path": "data", "bind": "/d"}], job_rels=["data", "data", "xdata"],
+                    mounted=[f"{real}/job-a/data", f"{real}/job-b", f"{real}/job-a-2/data"])
+    assert list(got) == [f"{real}/job-a/data"]
