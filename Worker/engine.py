@@ -179,6 +179,9 @@ class Engine:
             return binds_for(self.volume_root, job_id, volumes, job_rels, mounted)
         except VolumeRefused as exc:
             raise StartFailed(f"volume refused: {exc}") from None
+        except OSError as exc:  # the root cannot be made, a full disk, …: the task cannot start here
+            raise StartFailed(f"volume refused: cannot prepare the job's directory under {self.volume_root}: "
+                              f"{exc.strerror or exc}") from None
 
     # ---- task lifecycle: update, checkpoint, restore ---------------------------------------------
     def host_config(self, container_id: str) -> dict[str, Any]:
