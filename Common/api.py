@@ -93,19 +93,98 @@ def install_app_errors(app: Flask) -> None:
         return jsonify(body), status
 
 
+def _bearer() -> str | None:
+    """The request's bearer credential, or None when it sends no Authorization header at all."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, given = header.partition(" ")
+    return given.strip() if scheme.lower() == "bearer" else ""
+
+
+def token_ok(given: str | None) -> bool:
+    """Constant-time comparison with the configured token. Compared as bytes: ``hmac.compare_digest``
+    raises TypeError on a str that is not ASCII (a header may carry any latin-1 text), which used to
+    answer 500 with a traceback."""
+    expected: str = current_app.config["RSWARM_TOKEN"]
+    if not given or not expected or not given.isascii():
+        return False
+    return hmac.compare_digest(given.encode("ascii"), expected.encode("utf-8"))
+
+
+def _unauthorized() -> Unauthorized:
+    return Unauthorized("send Authorization: Bearer <token> (see the api_token file in the run directory)")
+
+
 def require_token(fn: Callable[..., Any]) -> Callable[..., Any]:
     """401 unless ``Authorization: Bearer <token>`` carries the configured API token."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        expected: str = current_app.config["RSWARM_TOKEN"]
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not expected or not hmac.compare_digest(given.strip(), expected):
-            raise Unauthorized("send Authorization: Bearer <token> (see the api_token file in the run directory)")
+        if not token_ok(_bearer()):
+            raise _unauthorized()
         return fn(*args, **kwargs)
 
     return wrapper
+
+
+def reader_has_token() -> bool:
+    """For reads open to anyone that show more to the token holder (log tails): True with the right
+    token, False without an Authorization header, 401 with a wrong one (a caller who meant to
+    authenticate learns that it failed instead of silently seeing less)."""
+    given = _bearer()
+    if given is None:
+        return False
+    if not token_ok(given):
+        raise _unauthorized()
+    return True
+
+
+# ---- the Host header (DNS rebinding) --------------------------------------------------------------
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _split_host(value: str) -> tuple[str, str | None]:
+    """("name", "port" or None) of a Host header or an allowed-hosts entry; IPv6 in brackets."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, _, rest = value[1:].partition("]")
+        return name, (rest[1:] if rest.startswith(":") else None)
+    if value.count(":") == 1:
+        name, _, port = value.partition(":")
+        return name, port
+    return value, None
+
+
+def allowed_hosts(configured: str, port: int, *addresses: str) -> list[tuple[str, str | None]]:
+    """The names a Host header may carry: the configured comma-separated list (``name`` for any port,
+    ``name:port`` for one), or by default the loopback names and ``addresses`` (bind, advertise) at ``port``."""
+    if configured.strip():
+        return [_split_host(e) for e in configured.split(",") if e.strip()]
+    # A wildcard bind address (0.0.0.0) stays in the list as a name: clients built from the config use it
+    # in their URL, and no page from another site can make a browser send it as its Host.
+    names = [*LOOPBACK_NAMES, *(a.strip().lower() for a in addresses if a.strip())]
+    return [(n, str(port)) for n in dict.fromkeys(names)]
+
+
+def install_host_check(app: Flask, allowed: list[tuple[str, str | None]]) -> None:
+    """400 with a JSON error for a request whose Host header names none of ``allowed``.
+
+    A browser page from another site can make its own name resolve to 127.0.0.1 (DNS rebinding) and then
+    read this API as same-origin; its requests still carry that foreign name in Host, which this refuses.
+    """
+
+    @app.before_request
+    def _check_host():  # type: ignore[no-untyped-def]
+        raw = request.headers.get("Host", "")
+        name, port = _split_host(raw)
+        if raw.isascii() and any(name == n and (p is None or port == p) for n, p in allowed):
+            return None
+        shown = raw.encode("ascii", "backslashreplace").decode()[:200]
+        body, status = error_response(400, f"Host {shown!r} is not a name this server answers to (allowed: "
+                                           f"{', '.join(n if p is None else f'{n}:{p}' for n, p in allowed)}; "
+                                           "see allowed_hosts in rswarm.toml)", field="Host")
+        return jsonify(body), status
 
 
 def json_body() -> Any:

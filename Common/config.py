@@ -41,6 +41,7 @@ class FrontEndConfig:
     max_tasks_per_job: int = 256
     default_mem_limit: str = "128m"
     volume_root: str = ""  # empty: <run_dir>/volumes
+    allowed_hosts: str = ""  # Host header names, comma-separated; empty: loopback names + host, at port
 
 
 @dataclass
@@ -50,6 +51,7 @@ class GlobalManagerConfig:
     pub_host: str = "127.0.0.1"
     pub_port: int = 5557
     advertise_addr: str = "127.0.0.1"
+    allowed_hosts: str = ""  # Host header names, comma-separated; empty: loopback + host + advertise_addr, at port
     docker_url: str = "unix:///var/run/docker.sock"
     network_pool: str = "10.201.0.0/16"
     network_prefix: int = 24
@@ -96,6 +98,7 @@ class WorkerConfig:
     evm_op_timeout_seconds: float = 20.0  # an agent's kernel call taking longer ends that agent (restarted)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 5103  # Prometheus /metrics; 0 disables it; set per Worker when several share a host
+    pids_limit: int = 1024  # processes + threads per task container (its pids cgroup): a fork bomb stays inside
 
 
 @dataclass
@@ -241,6 +244,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError("globalmanager.network_prefix: must be 8..29")
     if not 4096 <= cfg.zmq.max_frame_bytes <= 16 * 1024 * 1024:
         raise ConfigError(f"zmq.max_frame_bytes: must be 4096..16777216, got {cfg.zmq.max_frame_bytes}")
+    if not 16 <= cfg.worker.pids_limit <= 4_194_304:
+        raise ConfigError(f"worker.pids_limit: must be 16..4194304, got {cfg.worker.pids_limit}")
     if not 1 <= cfg.worker.parallelism <= 64:
         raise ConfigError(f"worker.parallelism: must be 1..64, got {cfg.worker.parallelism}")
     for key in ("workers", "threads", "max_body_bytes", "max_tasks_per_job"):

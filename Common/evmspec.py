@@ -445,8 +445,20 @@ def with_epm_defaults(info: dict[str, Any], raw_tasks: dict[str, Any]) -> dict[s
     return out
 
 
+EPM_REFUSED_FIELDS = ("volumes", "environment", "ports")
+
+
 def _check_epm_task(task: Any, raw: dict[str, Any], where: str, evms: int, devices: str) -> None:
-    """An EPM task runs the agent in the EPM image, with memory for its EVMs."""
+    """An EPM task runs the agent in the EPM image, with memory for its EVMs, and nothing of the user's.
+
+    An EPM holds NET_ADMIN and SYS_ADMIN: a volume over the agent's code, a PYTHONPATH or a published port
+    would hand those to the user's code, so they are refused (and ignored by the Worker whatever MongoDB
+    says: Worker.engine).
+    """
+    for key in EPM_REFUSED_FIELDS:
+        if raw.get(key) not in (None, "", {}, []):
+            raise Invalid(f"{where}.{key}: an EPM runs only the system's code (the EVM agent, with network "
+                          f"privileges); it takes no {key}", field=f"{where}.{key}")
     if task.image != EPM_IMAGE:
         raise Invalid(f"{where}.image: an EPM task runs the EPM image; leave image out or give {EPM_IMAGE!r}",
                       field=f"{where}.image")

@@ -40,6 +40,8 @@ MAX_ENV_ENTRIES = 128
 MAX_ENV_VALUE_CHARS = 4096
 MAX_PORTS = 64
 MAX_VOLUMES = 32
+MAX_PATH_CHARS = 1024
+MAX_CPUSET_CHARS = 256  # "0-1023" names 1,024 cores in 6 characters; a longer text is not a cpuset anyone means
 
 # Fields of the original RESTfulSwarm definition that are accepted and ignored.
 _LEGACY_JOB_FIELDS = {"status", "start_time", "end_time"}
@@ -112,6 +114,21 @@ def validate_subnet(value: Any, where: str) -> str:
     return str(net)
 
 
+def cpuset_field(value: Any, where: str) -> list[int]:
+    """A requested cpuset, capped: at most MAX_CPUSET_CHARS characters and MAX_CORES_PER_TASK cores."""
+    if not isinstance(value, str):
+        raise Invalid(f"{where} must be a cpuset string such as '0-2,5'", field=where)
+    if len(value) > MAX_CPUSET_CHARS:
+        raise Invalid(f"{where} is {len(value)} characters long; at most {MAX_CPUSET_CHARS}", field=where)
+    try:
+        cores = parse_cpuset(value)
+    except ValueError as exc:
+        raise Invalid(f"{where}: {exc}", field=where) from None
+    if len(cores) > MAX_CORES_PER_TASK:
+        raise Invalid(f"{where} names {len(cores)} cores; a task has at most {MAX_CORES_PER_TASK}", field=where)
+    return cores
+
+
 def _command(value: Any, where: str) -> str | list[str] | None:
     if value is None or value == "":
         return None
@@ -145,29 +162,42 @@ def _ports(value: Any, where: str) -> dict[str, int | None]:
 
 
 def _volumes(value: Any, where: str, root: Path) -> dict[str, dict[str, str]]:
-    if value is None:
+    """Volumes keyed by their path relative to the job's own directory.
+
+    The user names a host path under the volume root, ``<root>/<rel>``; the task binds
+    ``<root>/<job_id>/<rel>`` on the node that runs it, a directory the Worker creates and checks there
+    without following symlinks (Worker.volumes). Only the lexical shape is checked here: what a path
+    resolves to is known only on the host that mounts it.
+    """
+    if value is None or value == "":
         return {}
     vols = require_object(value, where)
     if len(vols) > MAX_VOLUMES:
         raise Invalid(f"{where}: at most {MAX_VOLUMES} volumes", field=where)
     out: dict[str, dict[str, str]] = {}
-    real_root = os.path.realpath(root)
+    roots = {posixpath.normpath(str(root)), os.path.realpath(root)}
     for host_path, spec in vols.items():
         kwhere = f"{where}.{host_path}"
-        if not host_path.startswith("/") or "\x00" in host_path or posixpath.normpath(host_path) != host_path:
+        if (not host_path.startswith("/") or "\x00" in host_path or len(host_path) > MAX_PATH_CHARS
+                or posixpath.normpath(host_path) != host_path):
             raise Invalid(f"{kwhere}: host path must be absolute and normalised", field=kwhere)
-        real = os.path.realpath(host_path)
-        if os.path.commonpath([real, real_root]) != real_root:
-            raise Invalid(f"{kwhere}: host path must be under the allowed volume root {root}", field=kwhere)
+        rel = next((posixpath.relpath(host_path, r) for r in sorted(roots)
+                    if host_path == r or host_path.startswith(r.rstrip("/") + "/")), None)
+        if rel is None:
+            raise Invalid(f"{kwhere}: host path must be under the allowed volume root {root} (the task binds "
+                          f"<root>/<job id>/<the rest of the path>)", field=kwhere)
         spec = require_object(spec, kwhere)
         reject_unknown(spec, {"bind", "mode"}, kwhere)
         bind = spec.get("bind")
-        if not isinstance(bind, str) or not bind.startswith("/") or posixpath.normpath(bind) != bind:
+        if (not isinstance(bind, str) or not bind.startswith("/") or posixpath.normpath(bind) != bind
+                or bind == "/" or len(bind) > MAX_PATH_CHARS):
             raise Invalid(f"{kwhere}.bind must be an absolute container path", field=f"{kwhere}.bind")
         mode = spec.get("mode", "rw")
         if mode not in ("rw", "ro"):
             raise Invalid(f"{kwhere}.mode must be 'rw' or 'ro'", field=f"{kwhere}.mode")
-        out[real] = {"bind": bind, "mode": mode}
+        if rel in out:
+            raise Invalid(f"{kwhere}: names the same directory as another volume", field=kwhere)
+        out[rel] = {"bind": bind, "mode": mode}
     return out
 
 
@@ -209,10 +239,7 @@ def _task(name: str, raw: Any, where: str, limits: Limits) -> TaskSpec:
     cpuset = None
     raw_cpuset = _optional_str(t, "cpuset_cpus")
     if raw_cpuset is not None:
-        try:
-            cpuset = parse_cpuset(raw_cpuset)
-        except ValueError as exc:
-            raise Invalid(f"{where}.cpuset_cpus: {exc}", field=f"{where}.cpuset_cpus") from None
+        cpuset = cpuset_field(raw_cpuset, f"{where}.cpuset_cpus")
         if node is None:
             raise Invalid(f"{where}.cpuset_cpus needs {where}.node: a cpuset names cores of one node",
                           field=f"{where}.cpuset_cpus")
@@ -250,6 +277,32 @@ def _task(name: str, raw: Any, where: str, limits: Limits) -> TaskSpec:
         node=node,
         cpuset=cpuset,
     )
+
+
+def volume_contains(outer: str, inner: str) -> bool:
+    """Whether job-relative volume path ``outer`` is a proper ancestor of ``inner`` ("." holds everything)."""
+    if outer == inner:
+        return False
+    return outer == "." or inner.startswith(outer + "/")
+
+
+def _check_volumes_not_nested(tasks: list[TaskSpec], raw_tasks: dict[str, Any]) -> None:
+    """A job's volumes are each the same directory or separate ones, never one inside another.
+
+    A container that can write in a directory on another bind's path could swap a component for a symlink
+    in the moment between the Worker's check and dockerd's mount; with no volume inside another, no
+    container of the job can write in any directory above another's bind (docs/security.md).
+    """
+    seen: list[tuple[str, str]] = []  # (job-relative path, field)
+    for t in tasks:
+        raw = raw_tasks[t.name].get("volumes") or {}
+        for host, rel in zip(raw, t.volumes, strict=True):
+            where = f"job_info.tasks.{t.name}.volumes.{host}"
+            for other, other_where in seen:
+                if volume_contains(other, rel) or volume_contains(rel, other):
+                    raise Invalid(f"{where}: one of this job's volumes lies inside another ({other_where}); "
+                                  "a job's volumes must be the same directory or separate ones", field=where)
+            seen.append((rel, where))
 
 
 def validate_job(body: Any, limits: Limits) -> JobSpec:
@@ -291,6 +344,7 @@ def validate_job(body: Any, limits: Limits) -> JobSpec:
         raw_tasks = evmspec.with_epm_defaults(info, raw_tasks)
     tasks = [_task(n, t, f"job_info.tasks.{n}", limits) for n, t in raw_tasks.items()]
 
+    _check_volumes_not_nested(tasks, raw_tasks)
     seen: dict[str, str] = {}
     for t in tasks:
         for alias in {t.name, t.container_name} - {None}:

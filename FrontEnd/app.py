@@ -7,7 +7,7 @@ from functools import cached_property
 from flask import Flask, Response
 from flask_restx import Namespace, Resource
 
-from Common.api import AUTHORIZATIONS, ERROR_SCHEMA, JsonApi, install_app_errors
+from Common.api import AUTHORIZATIONS, ERROR_SCHEMA, JsonApi, allowed_hosts, install_app_errors, install_host_check
 from Common.config import Config
 from Common.config import load as load_config
 from Common.metrics import (
@@ -52,6 +52,8 @@ def create_app(cfg: Config | None = None) -> Flask:
     app = Flask("rswarm-frontend")
     app.config["MAX_CONTENT_LENGTH"] = cfg.frontend.max_body_bytes
     app.config["RSWARM_TOKEN"] = cfg.token()
+    fec = cfg.frontend
+    install_host_check(app, allowed_hosts(fec.allowed_hosts, fec.port, fec.host))
     app.config["SWAGGER_UI_DOC_EXPANSION"] = "list"
     app.config["RESTX_MASK_SWAGGER"] = False
     app.config["ERROR_404_HELP"] = False

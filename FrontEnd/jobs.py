@@ -12,7 +12,7 @@ from flask import request
 from flask_restx import Namespace, Resource
 from pymongo.errors import DuplicateKeyError
 
-from Common.api import ERROR_SCHEMA, int_arg, json_body, require_token
+from Common.api import ERROR_SCHEMA, int_arg, json_body, reader_has_token, require_token
 from Common.errors import Conflict, Invalid, NotFound, Unschedulable
 from Common.jobspec import JobSpec, Limits, validate_job
 from Common.placement import never_fits
@@ -109,11 +109,12 @@ class Jobs(Resource):
                                                  "type": "integer", "in": "query"},
                                        "after": {"description": "the `next` value of the previous page",
                                                  "in": "query"}})
-    @ns.response(200, "A page of jobs, newest first", job_page)
+    @ns.response(200, "A page of jobs, newest first (task log tails only with the bearer token)", job_page)
     @ns.response(400, "Invalid query parameter", error)
+    @ns.response(401, "A wrong bearer token (none at all is fine: the log tails are left out)", error)
     @ns.response(503, "MongoDB unavailable", error)
     def get(self):
-        """List jobs, newest first, optionally by state. 200; 400 on a bad parameter."""
+        """List jobs, newest first, optionally by state (log tails with the bearer token only). 200; 400; 401."""
         state = request.args.get("state") or None
         if state is not None and state not in JobState.__members__:
             raise Invalid(f"state must be one of {[s.value for s in JobState]}", field="state")
@@ -123,7 +124,8 @@ class Jobs(Resource):
             raise Invalid("after must be a job id", field="after")
         docs = ctx().store.jobs.page(state, limit, after)
         nxt = docs[-1]["_id"] if len(docs) == limit else None
-        return {"items": [job_view(d) for d in docs], "next": nxt}
+        logs = reader_has_token()
+        return {"items": [job_view(d, logs) for d in docs], "next": nxt}
 
     @ns.doc(security="bearer", body=job_body, params={"Idempotency-Key": {
         "in": "header", "type": "string", "description": "optional, 1-128 of A-Z a-z 0-9 . _ : - ; a retry with the "
@@ -183,12 +185,15 @@ def _replay(key: str, request_hash: str) -> tuple[dict[str, Any], int, dict[str,
 @ns.route("/<string:job_id>")
 @ns.param("job_id", "the job's id")
 class Job(Resource):
-    @ns.response(200, "The job, with each task's state, node, cpuset, container and timestamps", job_model)
+    @ns.doc(security="bearer")
+    @ns.response(200, "The job, with each task's state, node, cpuset, container and timestamps (log tails only "
+                      "with the bearer token)", job_model)
+    @ns.response(401, "A wrong bearer token (none at all is fine: the log tails are left out)", error)
     @ns.response(404, "No such job", error)
     @ns.response(503, "MongoDB unavailable", error)
     def get(self, job_id: str):
-        """One job. 200; 404."""
-        return job_view(_job_or_404(job_id))
+        """One job (its tasks' log tails with the bearer token only). 200; 401 wrong token; 404."""
+        return job_view(_job_or_404(job_id), reader_has_token())
 
     @ns.doc(security="bearer")
     @ns.response(200, "Already finished; nothing to do", job_model)
@@ -201,12 +206,12 @@ class Job(Resource):
         """Cancel a job: stop and remove its containers, release its resources. 202; 200 if finished; 404."""
         doc = _job_or_404(job_id)
         if doc["state"] in JOB_TERMINAL:
-            return job_view(doc), 200
+            return job_view(doc, logs=True), 200
         c = ctx()
         reason = "cancelled by request"
         doc = c.store.jobs.request_cancel(job_id, reason)
         if doc is None:  # finished meanwhile
-            return job_view(_job_or_404(job_id)), 200
+            return job_view(_job_or_404(job_id), logs=True), 200
         c.store.jobs.cancel_unplaced(job_id, reason)
         c.hint_jm("job_cancelled", job_id)
-        return job_view(_job_or_404(job_id)), 202
+        return job_view(_job_or_404(job_id), logs=True), 202

@@ -20,8 +20,8 @@ from flask_restx import Namespace, Resource
 
 from Common.api import ERROR_SCHEMA, int_arg, json_body, require_token
 from Common.errors import APIError, Conflict, Invalid, NotFound, Unschedulable
-from Common.jobspec import NODE_NAME
-from Common.resources import DOCKER_MIN_MEMORY, format_cpuset, parse_cpuset, parse_memory
+from Common.jobspec import NODE_NAME, cpuset_field
+from Common.resources import DOCKER_MIN_MEMORY, format_cpuset, parse_memory
 from Common.states import TaskState
 from Common.store import migrations as mg
 from Common.store.workers import READY, alloc_key
@@ -137,10 +137,7 @@ class Task(Resource):
         _, t = _running_task(job_id, task)
         exact = None
         if "cpuset_cpus" in body:
-            try:
-                exact = parse_cpuset(body["cpuset_cpus"])
-            except ValueError as exc:
-                raise Invalid(f"cpuset_cpus: {exc}", field="cpuset_cpus") from None
+            exact = cpuset_field(body["cpuset_cpus"], "cpuset_cpus")
         cores = t["req_cores"]
         if "req_cores" in body:
             if isinstance(body["req_cores"], bool) or not isinstance(body["req_cores"], int) \
@@ -176,7 +173,7 @@ class Task(Resource):
         if gen is None:
             raise Conflict(f"task {task} changed meanwhile; retry", field="task", retry_after=1)
         c.hint_jm("job_changed", job_id)  # the JM has the GM hint the task's node
-        return job_view(c.store.jobs.get(job_id)), 202
+        return job_view(c.store.jobs.get(job_id), logs=True), 202
 
 
 # ---- checkpoints --------------------------------------------------------------------------------------

@@ -59,11 +59,13 @@ TASK_SCHEMA = {
                            "description": "extra DNS name on the job network"},
         "ports": {"type": "object", "additionalProperties": {"type": "integer"},
                   "example": {"8080/tcp": 18080}},
-        "volumes": {"type": "object", "description": "host path (under the allowed root) -> {bind, mode}",
+        "volumes": {"type": "object", "description": "host path <volume_root>/<rel> -> {bind, mode}; the node binds "
+                    "<volume_root>/<job id>/<rel>, never through a symlink (not for EPM tasks)",
                     "additionalProperties": {"type": "object"}},
         "environment": {"type": "object", "additionalProperties": {"type": "string"}},
         "node": {"type": "string", "pattern": NODE_NAME.pattern, "description": "manual placement: this worker"},
-        "cpuset_cpus": {"type": "string", "description": "manual placement: these cores, e.g. '0-1'"},
+        "cpuset_cpus": {"type": "string", "maxLength": 256,
+                        "description": "manual placement: these cores, e.g. '0-1' (at most 1,024 cores)"},
         "detach": {"type": "boolean", "description": "accepted for compatibility; always true"},
         "status": {"type": "string", "description": "accepted for compatibility; ignored"},
         "evms": EVMS_SCHEMA,
@@ -126,7 +128,8 @@ TASK_VIEW_SCHEMA = {
                                      "once it started ({} until then)"},
         "exit_code": {"description": "null until it exits"},
         "reason": {"description": "why it failed, was cancelled or lost"},
-        "log_tail": {"description": "the last 2 KB of its output, once it has exited"},
+        "log_tail": {"description": "the last 2 KB of its output, once it has exited; only with the bearer token "
+                                    "(without it the key is left out)"},
         "state_times": {"type": "object", "additionalProperties": {"type": "number"}},
     },
 }

@@ -15,8 +15,10 @@ def job_url(job_id: str) -> str:
     return f"{API}/jobs/{job_id}"
 
 
-def task_view(name: str, t: dict[str, Any], job_id: str) -> dict[str, Any]:
-    return {
+def task_view(name: str, t: dict[str, Any], job_id: str, logs: bool = False) -> dict[str, Any]:
+    """A task as the API shows it; its log tail (the container's output, which may hold anything the job
+    printed) only to a caller holding the token (``logs``), else the key is left out."""
+    view = {
         "state": t["state"],
         "attempt": t["attempt"],
         "image": t["image"],
@@ -30,15 +32,17 @@ def task_view(name: str, t: dict[str, Any], job_id: str) -> dict[str, Any]:
         "addresses": t.get("addresses") or {},
         "exit_code": t.get("exit_code"),
         "reason": t.get("reason"),
-        "log_tail": t.get("log_tail"),
         "resources_generation": t.get("resources_generation", 0),
         "applied": t.get("applied"),
         "migration_id": t.get("migration_id"),
         "state_times": t.get("state_times", {}),
     }
+    if logs:
+        view["log_tail"] = t.get("log_tail")
+    return view
 
 
-def job_view(doc: dict[str, Any]) -> dict[str, Any]:
+def job_view(doc: dict[str, Any], logs: bool = False) -> dict[str, Any]:
     return {
         "id": doc["_id"],
         "name": doc["name"],
@@ -49,7 +53,7 @@ def job_view(doc: dict[str, Any]) -> dict[str, Any]:
         "reason": doc.get("reason"),
         "cancel_requested": bool(doc.get("cancel_requested")),
         "network": {k: doc["network"].get(k) for k in ("name", "driver", "subnet", "docker_name")},
-        "tasks": {name: task_view(name, t, doc["_id"]) for name, t in doc["tasks"].items()},
+        "tasks": {name: task_view(name, t, doc["_id"], logs) for name, t in doc["tasks"].items()},
         "url": job_url(doc["_id"]),
     }
 

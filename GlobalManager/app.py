@@ -13,7 +13,15 @@ import docker
 from flask import Flask, current_app
 from flask_restx import Namespace, Resource
 
-from Common.api import AUTHORIZATIONS, ERROR_SCHEMA, JsonApi, install_app_errors, require_token
+from Common.api import (
+    AUTHORIZATIONS,
+    ERROR_SCHEMA,
+    JsonApi,
+    allowed_hosts,
+    install_app_errors,
+    install_host_check,
+    require_token,
+)
 from Common.config import Config
 from Common.errors import Conflict, NotFound, Unavailable
 from Common.keys import Keyring
@@ -243,6 +251,8 @@ def _sweeper(c: GMContext, stop: threading.Event) -> None:
 def create_app(cfg: Config, start_sweeper: bool = True) -> Flask:
     app = Flask("rswarm-globalmanager")
     app.config["RSWARM_TOKEN"] = cfg.token()
+    gmc = cfg.globalmanager
+    install_host_check(app, allowed_hosts(gmc.allowed_hosts, gmc.port, gmc.host, gmc.advertise_addr))
     app.config["SWAGGER_UI_DOC_EXPANSION"] = "list"
     app.config["ERROR_404_HELP"] = False
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024

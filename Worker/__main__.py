@@ -33,7 +33,7 @@ def body(cfg: Config, log: logging.Logger) -> int:
 
     keys = worker_keyring(cfg.run_path, cfg.worker_name, cfg.token())
     try:
-        engine = Engine(cfg.worker.docker_url, cfg.cluster())
+        engine = Engine(cfg.worker.docker_url, cfg.cluster(), cfg.volume_root, cfg.worker.pids_limit)
         engine.capacity()
     except docker.errors.DockerException as exc:
         print(f"worker: no Docker engine at {cfg.worker.docker_url}: {exc}", file=sys.stderr)

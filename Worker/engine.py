@@ -7,8 +7,8 @@ attempt, which is how a restarted Worker finds and reconciles them.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -16,6 +16,7 @@ from docker.errors import APIError, ImageNotFound, NotFound
 
 from Common.resources import format_cpuset, parse_cpuset
 from Common.store.jobs import container_name
+from Worker.volumes import VolumeRefused, binds_for
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,19 @@ class Observed:
     error: str = ""
 
 
+# Every task container (EPMs included) gets these: a process cannot gain privileges through exec
+# (setuid binaries, file capabilities), whatever its image holds.
+SECURITY_OPT = ["no-new-privileges"]
+
+
 class Engine:
-    def __init__(self, docker_url: str, cluster: str) -> None:
+    def __init__(self, docker_url: str, cluster: str, volume_root: Path | None = None,
+                 pids_limit: int = 1024) -> None:
         self.client = docker.DockerClient(base_url=docker_url, timeout=30)
         self.api = self.client.api
         self.cluster = cluster
+        self.volume_root = volume_root  # where this node's job directories live (Worker.volumes)
+        self.pids_limit = pids_limit
         self._ncpu: int | None = None
 
     def physical_cpuset(self, logical: str) -> str:
@@ -101,24 +110,36 @@ class Engine:
         return raw[-LOG_TAIL_BYTES:].decode("utf-8", "replace")
 
     def create(self, job_id: str, task: str, t: dict[str, Any], network: str,
-               epm: dict[str, Any] | None = None) -> str:
+               epm: dict[str, Any] | None = None, job_rels: list[str] | None = None) -> str:
         """Create (not start) the task's container, pinned and limited. Returns its id.
 
         ``epm`` (Worker.evms) turns it into an EPM: the EPM image, capabilities, /dev/net/tun, its directory.
+        ``job_rels``: every volume path of the job's document (Worker.volumes.job_paths), re-checked for nesting.
         """
         name = container_name(job_id, task, t["attempt"])
-        ports = list(t.get("ports") or {})
-        binds = {v["host"]: {"bind": v["bind"], "mode": v["mode"]} for v in t.get("volumes") or []}
         if epm:
-            binds.update(epm["binds"])
+            # An EPM runs only the system's code: whatever the task document says, none of the user's
+            # ports, volumes or environment reach it (the FrontEnd refuses them; this is the re-check
+            # where it takes effect, against a document altered in MongoDB).
+            ports: list[str] = []
+            port_bindings = None
+            binds = dict(epm["binds"])
+            image, command, environment = epm["image"], None, dict(epm["environment"])
+        else:
+            ports = list(t.get("ports") or {})
+            port_bindings = {p: h for p, h in (t.get("ports") or {}).items()} or None
+            binds = self._binds(job_id, t.get("volumes") or [], job_rels or [])
+            image, command, environment = t["image"], t.get("command"), t.get("environment") or None
         host_config = self.api.create_host_config(
             cpuset_cpus=self.physical_cpuset(t["cpuset"]),
             mem_limit=t["mem_bytes"],
             memswap_limit=t["mem_bytes"],
             network_mode=network,
-            port_bindings={p: h for p, h in (t.get("ports") or {}).items()} or None,
+            port_bindings=port_bindings,
             binds=binds or None,
             init=False,
+            pids_limit=self.pids_limit,
+            security_opt=SECURITY_OPT,
             cap_add=epm["cap_add"] if epm else None,
             devices=epm["devices"] if epm else None,
             sysctls=epm["sysctls"] if epm else None,
@@ -126,12 +147,8 @@ class Engine:
         aliases = [task] + ([t["container_name"]] if t.get("container_name") else [])
         networking = self.api.create_networking_config({network: self.api.create_endpoint_config(aliases=aliases)})
         labels = {LABEL_CLUSTER: self.cluster, LABEL_JOB: job_id, LABEL_TASK: task, LABEL_ATTEMPT: str(t["attempt"])}
-        image, command, environment = t["image"], t.get("command"), t.get("environment") or None
         if epm:
             labels.update(epm["labels"])
-            image, command, environment = epm["image"], None, {**(environment or {}), **epm["environment"]}
-        for v in t.get("volumes") or []:
-            os.makedirs(v["host"], exist_ok=True)
         try:
             created = self.api.create_container(
                 image, command=command, name=name, labels=labels, host_config=host_config,
@@ -148,6 +165,23 @@ class Engine:
                 raise StartFailed(f"cannot create the container: {exc.explanation or exc}") from None
             raise
         return created["Id"]
+
+    def _binds(self, job_id: str, volumes: list[dict[str, Any]], job_rels: list[str]) -> dict[str, dict[str, str]]:
+        """The task's binds, each resolved here without following symlinks (Worker.volumes)."""
+        if not volumes:
+            return {}
+        if self.volume_root is None:
+            raise StartFailed("this Worker has no volume root configured; the task's volumes cannot be mounted")
+        mounted = [m.get("Source", "") for c in self.api.containers(all=True, filters={"label": [
+            f"{LABEL_CLUSTER}={self.cluster}", f"{LABEL_JOB}={job_id}"]}) for m in c.get("Mounts") or []
+            if m.get("Type") == "bind"]
+        try:
+            return binds_for(self.volume_root, job_id, volumes, job_rels, mounted)
+        except VolumeRefused as exc:
+            raise StartFailed(f"volume refused: {exc}") from None
+        except OSError as exc:  # the root cannot be made, a full disk, …: the task cannot start here
+            raise StartFailed(f"volume refused: cannot prepare the job's directory under {self.volume_root}: "
+                              f"{exc.strerror or exc}") from None
 
     # ---- task lifecycle: update, checkpoint, restore ---------------------------------------------
     def host_config(self, container_id: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from Common.store.checkpoints import CheckpointError
 from Common.store.jobs import container_name
 from Worker.engine import Engine, Observed, StartFailed
 from Worker.evms import EvmSync
+from Worker.volumes import job_paths
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,8 @@ class Lifecycle:
         try:
             if cid is None:
                 epm = self.w.evms.container_options(job, m["task"], t) if m["mode"] == "recreate" else None
-                cid = self.w.engine.create(m["job_id"], m["task"], t, job["network"]["docker_name"], epm=epm)
+                cid = self.w.engine.create(m["job_id"], m["task"], t, job["network"]["docker_name"], epm=epm,
+                                           job_rels=job_paths(job))
             if m["mode"] == "recreate":
                 self.w.engine.start(cid)
             else:

@@ -32,6 +32,7 @@ from Worker.engine import Engine, Observed, StartFailed
 from Worker.epm_image import ImageError
 from Worker.evms import EvmSync, is_epm
 from Worker.lifecycle import Lifecycle
+from Worker.volumes import job_paths
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,7 @@ class Worker:
             return  # the GlobalManager has not made the job's network yet; its dispatch will wake us
         try:
             cid = self.engine.create(job_id, name, t, job["network"]["docker_name"],
-                                     epm=self.evms.container_options(job, name, t))
+                                     epm=self.evms.container_options(job, name, t), job_rels=job_paths(job))
         except (StartFailed, ImageError) as exc:
             CONTAINER_STARTS.labels(self.name, "failed").inc()
             self.report(job_id, name, t["attempt"], TaskState.FAILED, reason=str(exc))

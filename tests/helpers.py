@@ -56,7 +56,7 @@ class Api:
         return r.json()["id"]
 
     def job(self, job_id: str) -> dict[str, Any]:
-        r = self.get(f"/jobs/{job_id}")
+        r = self.get(f"/jobs/{job_id}", headers=self.headers())  # with the token: tasks' log tails included
         assert r.status_code == 200, r.text
         return r.json()
 

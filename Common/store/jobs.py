@@ -72,7 +72,7 @@ class JobStore:
                 "mem_limit": d["mem_limit"],
                 "container_name": d["container_name"],
                 "ports": d["ports"],
-                "volumes": [{"host": h, **v} for h, v in d["volumes"].items()],
+                "volumes": [{"path": p, **v} for p, v in d["volumes"].items()],  # relative to the job's dir
                 "environment": d["environment"],
                 "node_request": d["node"],
                 "cpuset_request": d["cpuset"],
