@@ -204,7 +204,7 @@ class Job(Resource):
             return job_view(doc), 200
         c = ctx()
         reason = "cancelled by request"
-        doc = c.store.jobs.request_cancel(job_id, reason)
+        doc = c.store.jobs.request_cancel(job_id, reason, by_user=True)
         if doc is None:  # finished meanwhile
             return job_view(_job_or_404(job_id)), 200
         c.store.jobs.cancel_unplaced(job_id, reason)

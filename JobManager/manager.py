@@ -17,6 +17,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from pymongo.errors import PyMongoError
+
 from Common.config import Config
 from Common.messaging import Receiver
 from Common.metrics import JOB_WAIT_SECONDS, PLACEMENT_DECISIONS, PLACEMENT_SECONDS, SCHEDULE_SECONDS
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 
 MAX_REPLANS = 5
 LEASE_GRACE_SECONDS = 10.0
+MIN_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 10.0
 
 
 class JobManager:
@@ -48,11 +52,12 @@ class JobManager:
         # When a job is leased by a placer that may have died, look again as soon as the lease expires
         # instead of waiting for the slow sweep.
         self.retry_at = float("inf")
+        self.backoff = MIN_BACKOFF_SECONDS
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> None:
         self.sweep()
-        self.schedule()
+        self.guarded_schedule()
         next_sweep = time.monotonic() + self.cfg.jobmanager.sweep_seconds
         while not self.stopping.is_set():
             wake_at = min(next_sweep, self._retry_monotonic())
@@ -61,15 +66,34 @@ class JobManager:
             if self.stopping.is_set():
                 break
             for _kind, body, _sender in msgs:
-                self.on_hint(body)
+                try:
+                    self.on_hint(body)
+                except Exception:
+                    log.exception("could not act on hint %s", body)
             now = time.monotonic()
             if now >= next_sweep or now >= self._retry_monotonic():
                 self.retry_at = float("inf")
                 self.sweep()
                 next_sweep = time.monotonic() + self.cfg.jobmanager.sweep_seconds
-                self.schedule()
+                self.guarded_schedule()
             elif msgs:
-                self.schedule()
+                self.guarded_schedule()
+
+    def guarded_schedule(self) -> None:
+        """``schedule()``, surviving any failure: MongoDB away (stopped, frozen) or a bug. The pass is
+        retried with exponential backoff (0.5 s doubling to 10 s) until it succeeds; placement is
+        level-triggered, so a pass that failed half-way loses nothing (docs/operations.md)."""
+        try:
+            self.schedule()
+        except Exception as exc:
+            if isinstance(exc, PyMongoError):
+                log.warning("MongoDB unavailable during a placement pass (%s); retrying in %.1fs", exc, self.backoff)
+            else:
+                log.exception("placement pass failed; retrying in %.1fs", self.backoff)
+            self.retry_at = min(self.retry_at, time.time() + self.backoff)
+            self.backoff = min(self.backoff * 2, MAX_BACKOFF_SECONDS)
+        else:
+            self.backoff = MIN_BACKOFF_SECONDS
 
     def _retry_monotonic(self) -> float:
         return time.monotonic() + (self.retry_at - time.time()) if self.retry_at != float("inf") else float("inf")
@@ -245,7 +269,7 @@ class JobManager:
                     released += 1
                     log.info("released leaked claim %s on %s", key, w["_id"])
         if released:
-            self.schedule()
+            self.guarded_schedule()
         return released
 
     @staticmethod
@@ -266,7 +290,8 @@ class JobManager:
         for w in self.store.workers.all():
             if w.get("remove_requested") and w.get("state") != "REMOVED":
                 self.calls.submit(self.remove_node, w["_id"])
-        for job in self.store.jobs.in_states([JobState.SCHEDULED.value, JobState.RUNNING.value]):
+        for job in self.store.jobs.in_states([JobState.SCHEDULED.value, JobState.RUNNING.value,
+                                              JobState.CANCELLING.value]):
             if job.get("cancel_requested"):
                 self.calls.submit(self.gm.stop, job["_id"])
                 continue

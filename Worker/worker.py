@@ -27,13 +27,15 @@ from Common.resources import parse_cpuset, parse_memory
 from Common.states import TASK_RANK, TASK_TERMINAL, TaskState
 from Common.store import Store
 from Common.store.jobs import container_name
-from Common.store.workers import DOWN, REMOVED
+from Common.store.workers import DOWN, READY, REMOVED
 from Worker.engine import Engine, Observed, StartFailed
 from Worker.epm_image import ImageError
 from Worker.evms import EvmSync, is_epm
 from Worker.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
+
+ENGINE_DEAD_SECONDS = 30.0  # no engine answer for this long: stop heartbeating (the node is not alive)
 
 
 class Worker:
@@ -46,6 +48,7 @@ class Worker:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.rejoin = threading.Event()  # marked DOWN (or missing) while we were away: re-register
+        self.engine_ok_at = time.monotonic()  # when the engine last answered a probe
         # Ids of containers Docker said died. Its container list can still say "running" for a moment
         # after the event, so these are inspected (which reads the container's own state) instead.
         self._died: set[str] = set()
@@ -84,33 +87,55 @@ class Worker:
                         self.wake.set()
                     if self.stopping.is_set():
                         return
-            except (docker.errors.DockerException, requests.RequestException) as exc:
+            except Exception as exc:  # the engine restarted or went away (any transport error)
                 log.warning("Docker events stream broke (%s); reconnecting", exc)
+            # The stream ended: events may have been missed (an engine restart kills its containers), so
+            # a pass reconciles whatever the engine holds now.
+            self.wake.set()
             self.stopping.wait(1.0)
 
     def _heartbeat(self) -> None:
-        """Beat only while this node's engine answers: a node without its engine is not alive."""
+        """Beat every ``heartbeat_seconds`` from this thread alone: it never waits for the engine or
+        MongoDB (a busy node whose engine answers slowly is alive). It stops beating only when the engine
+        has not answered any probe for ``ENGINE_DEAD_SECONDS``: a node without its engine is not alive."""
+        while not self.stopping.is_set():
+            if time.monotonic() - self.engine_ok_at < ENGINE_DEAD_SECONDS:
+                self.reports.send("heartbeat", {"node": self.name, "at": time.time()})
+            self.stopping.wait(self.cfg.worker.heartbeat_seconds)
+
+    def _probe(self) -> None:
+        """Probe the engine and this node's record (each may be slow or away) apart from the beats."""
         while not self.stopping.is_set():
             try:
                 self.engine.client.ping()
-                alive = True
-            except (docker.errors.DockerException, requests.RequestException):
-                alive = False
-            if alive:
-                self.reports.send("heartbeat", {"node": self.name, "at": time.time()})
-                try:
-                    state = (self.store.workers.get(self.name) or {}).get("state")
-                except Exception:  # MongoDB unreachable: try again at the next beat
-                    state = None
-                if state in (DOWN, None) or state == REMOVED:
-                    self.rejoin.set()
-                    self.wake.set()
+                if time.monotonic() - self.engine_ok_at > 2 * self.cfg.worker.heartbeat_seconds:
+                    log.info("the Docker engine answers again: reconciling")
+                    self.wake.set()  # the engine may have restarted: reconcile what it holds now
+                self.engine_ok_at = time.monotonic()
+            except (docker.errors.DockerException, requests.RequestException) as exc:
+                log.warning("the Docker engine does not answer: %s", exc)
+            try:
+                state = (self.store.workers.get(self.name) or {}).get("state")
+            except Exception:  # MongoDB unreachable: try again at the next probe
+                state = READY
+            if state in (DOWN, None) or state == REMOVED:
+                self.rejoin.set()
+                self.wake.set()
             self.stopping.wait(self.cfg.worker.heartbeat_seconds)
 
     def run(self, receiver: Receiver | None) -> None:
-        self.register()
+        backoff = 0.5
+        while not self.stopping.is_set():
+            try:
+                self.register()
+                break
+            except Exception as exc:  # MongoDB or the engine away at start: wait, do not die
+                log.warning("cannot register yet (%s); retrying in %.1fs", exc, backoff)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
         threads = [threading.Thread(target=self._watch_events, name="docker-events", daemon=True),
-                   threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)]
+                   threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True),
+                   threading.Thread(target=self._probe, name="engine-probe", daemon=True)]
         if receiver is not None:
             threads.append(threading.Thread(target=self._listen_hints, args=(receiver,), name="hints", daemon=True))
         for t in threads:

@@ -54,6 +54,9 @@ class Store:
             appname=app_name,
             serverSelectionTimeoutMS=int(cfg.mongo.timeout_seconds * 1000),
             connectTimeoutMS=int(cfg.mongo.timeout_seconds * 1000),
+            # A frozen server (SIGSTOP) accepts connections and never answers: without a socket timeout
+            # every call would hang for ever. 4x the timeout leaves room for slow big queries.
+            socketTimeoutMS=int(cfg.mongo.timeout_seconds * 4000),
             tz_aware=True,
             event_listeners=[mongo_listener()],  # rswarm_mongo_operation_seconds
             **embedded_options(cfg),

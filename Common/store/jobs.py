@@ -21,6 +21,7 @@ from Common.resources import format_cpuset
 from Common.states import (
     JOB_RANK,
     JOB_TERMINAL,
+    TASK_TERMINAL,
     JobState,
     TaskState,
     derive_job_state,
@@ -381,11 +382,12 @@ class JobStore:
 
     def refresh_state(self, job_id: str) -> tuple[str | None, str | None]:
         """Advance the job's state to what its tasks imply. Returns (before, after); equal if unchanged."""
-        doc = self.col.find_one({"_id": job_id}, {"state": 1, "tasks": 1})
+        doc = self.col.find_one({"_id": job_id}, {"state": 1, "tasks": 1, "user_cancelled": 1})
         if doc is None:
             return None, None
         before = JobState(doc["state"])
-        after = derive_job_state([TaskState(t["state"]) for t in doc["tasks"].values()])
+        after = derive_job_state([TaskState(t["state"]) for t in doc["tasks"].values()],
+                                 bool(doc.get("user_cancelled")))
         if JOB_RANK[after] <= JOB_RANK[before]:
             return before.value, before.value
         now = time.time()
@@ -398,13 +400,43 @@ class JobStore:
             return before.value, after.value
         return before.value, before.value
 
-    def request_cancel(self, job_id: str, reason: str) -> dict[str, Any] | None:
-        """Ask for a job to stop. The caller cancels unplaced tasks; Workers stop placed ones."""
+    def request_cancel(self, job_id: str, reason: str, by_user: bool = False) -> dict[str, Any] | None:
+        """Ask for a job to stop. The caller cancels unplaced tasks; Workers stop placed ones.
+
+        ``by_user`` (DELETE /jobs/{id}): the job moves to CANCELLING and will end CANCELLED whatever
+        happens to its containers meanwhile, unless it was already being stopped because a task failed
+        (then it ends FAILED, as it would have). Otherwise (a failed sibling, too many restarts) only
+        ``cancel_requested`` is set and the job ends as its tasks do.
+        """
+        if by_user:
+            now = time.time()
+            doc = self.col.find_one_and_update(
+                {"_id": job_id, "cancel_requested": False,
+                 "state": {"$in": job_states_before(JobState.CANCELLING)}},
+                {"$set": {"cancel_requested": True, "user_cancelled": True, "cancel_reason": reason,
+                          "reason": reason, "state": JobState.CANCELLING.value,
+                          f"state_times.{JobState.CANCELLING.value}": now}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is not None:
+                self.events.record("job_state", job_id, state=JobState.CANCELLING.value, reason=reason)
+                return doc
         return self.col.find_one_and_update(
             {"_id": job_id, "state": {"$nin": [s.value for s in JOB_TERMINAL]}},
             {"$set": {"cancel_requested": True, "cancel_reason": reason, "reason": reason}},
             return_document=ReturnDocument.AFTER,
         )
+
+    def lose_tasks_on(self, job_id: str, node: str, reason: str) -> list[tuple[str, int]]:
+        """Record LOST every unfinished task of ``job_id`` on ``node`` (a dead node that will never report
+        them). Returns the (task, attempt) pairs that moved, whose claims the caller releases."""
+        doc = self.get(job_id)
+        moved: list[tuple[str, int]] = []
+        for name, t in (doc or {}).get("tasks", {}).items():
+            if (t.get("node") == node and t["state"] not in {s.value for s in TASK_TERMINAL}
+                    and self.transition_task(job_id, name, t["attempt"], TaskState.LOST, reason=reason)):
+                moved.append((name, t["attempt"]))
+        return moved
 
     def cancel_unplaced(self, job_id: str, reason: str) -> None:
         """Cancel every task that has no node yet (placed tasks are the Workers' to stop)."""
