@@ -137,8 +137,16 @@ class Deploy(Resource):
         try:
             net = c.swarm.ensure_network(job)
         except SubnetConflict as exc:
+            # The JobManager keeps jobs whose subnet is taken in the queue; this is the last line only.
             c.fail_scheduled(job, str(exc))
             raise Conflict(str(exc), field="job_info.network.subnet") from None
+        except docker.errors.APIError as exc:
+            if exc.status_code is not None and 400 <= exc.status_code < 500:
+                # The engine refuses the network itself (invalid, conflicting): retrying cannot fix it.
+                reason = f"cannot create the job's network: {exc.explanation or exc}"
+                c.fail_scheduled(job, reason)
+                raise Conflict(reason, field="job_info.network") from None
+            raise _docker_down(exc) from None
         except docker.errors.DockerException as exc:
             raise _docker_down(exc) from None
         nodes = c.dispatch(job, "deploy")

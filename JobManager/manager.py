@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 MAX_REPLANS = 5
 LEASE_GRACE_SECONDS = 10.0
 MIN_BACKOFF_SECONDS = 0.5
+# A deploy the GM could not do for a transient reason is re-sent after 2, 4, 8 ... 60 s, at most this many
+# times (about 5 minutes in all), then the job fails with the last error (docs/operations.md).
+DEPLOY_MAX_ATTEMPTS = 8
+DEPLOY_BACKOFF_SECONDS = (2.0, 60.0)
 MAX_BACKOFF_SECONDS = 10.0
 
 
@@ -238,8 +242,34 @@ class JobManager:
             self.retry_at = min(self.retry_at, time.time() + 2.0)
 
     def deploy(self, job_id: str) -> None:
-        if self.gm.deploy(job_id):
+        """Ask the GM to deploy. A refusal for good (409) has already failed the job's tasks; a transient
+        failure (503: the engine did not answer; no answer at all) is retried with backoff, and after
+        ``DEPLOY_MAX_ATTEMPTS`` the job ends FAILED with the last error and its claims are released."""
+        status, message = self.gm.deploy(job_id)
+        if status is not None and status < 300:
             self.store.jobs.mark_dispatched(job_id)
+            return
+        if status == 409:
+            return
+        failures = self.store.jobs.deploy_failed(job_id, message, DEPLOY_BACKOFF_SECONDS)
+        if failures is not None and failures >= DEPLOY_MAX_ATTEMPTS:
+            self.fail_job(job_id, f"deploy failed {failures} times; last error: {message}")
+
+    def fail_job(self, job_id: str, reason: str) -> None:
+        """End a placed job FAILED here (its not-started tasks never will be reported by anyone), release
+        their claims and stop whatever did start."""
+        job = self.store.jobs.get(job_id)
+        if job is None:
+            return
+        for task, t in job["tasks"].items():
+            if t["state"] in (TaskState.SCHEDULED.value, TaskState.PENDING.value) and self.store.jobs.transition_task(
+                    job_id, task, t["attempt"], TaskState.FAILED, reason=reason) and t.get("node"):
+                self.store.workers.release(t["node"], alloc_key(job_id, task), t.get("claim_token") or "")
+        self.store.jobs.request_cancel(job_id, reason)
+        self.store.jobs.refresh_state(job_id)
+        log.warning("%s FAILED: %s", job_id, reason)
+        self.calls.submit(self.gm.stop, job_id)
+        self.calls.submit(self.gm.cleanup, job_id)
 
     # ---- the sweep: level-triggered repair ----------------------------------------------------
     def sweep(self) -> None:
@@ -298,7 +328,7 @@ class JobManager:
             stuck = [t for t in job["tasks"].values() if t["state"] == TaskState.SCHEDULED.value
                      and now - t["state_times"].get(TaskState.SCHEDULED.value, now)
                      > self.cfg.jobmanager.redeploy_after_seconds]
-            if stuck:
+            if stuck and (job.get("deploy_retry") or {}).get("at", 0) <= now:
                 self.calls.submit(self.deploy, job["_id"])
 
     def stop(self) -> None:

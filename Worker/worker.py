@@ -36,6 +36,8 @@ from Worker.lifecycle import Lifecycle
 log = logging.getLogger(__name__)
 
 ENGINE_DEAD_SECONDS = 30.0  # no engine answer for this long: stop heartbeating (the node is not alive)
+START_MAX_ATTEMPTS = 6  # transient engine errors creating a task's container: 1, 2, 4, 8, 16 s apart, then FAILED
+START_BACKOFF_SECONDS = 1.0
 
 
 class Worker:
@@ -49,6 +51,8 @@ class Worker:
         self.stopping = threading.Event()
         self.rejoin = threading.Event()  # marked DOWN (or missing) while we were away: re-register
         self.engine_ok_at = time.monotonic()  # when the engine last answered a probe
+        # (job, task, attempt) -> (transient create failures, monotonic time of the next try)
+        self._retries: dict[tuple[str, str, int], tuple[int, float]] = {}
         # Ids of containers Docker said died. Its container list can still say "running" for a moment
         # after the event, so these are inspected (which reads the container's own state) instead.
         self._died: set[str] = set()
@@ -159,6 +163,12 @@ class Worker:
                 log.exception("reconcile failed; retrying at the next pass")
             self.wake.wait(self.cfg.worker.sweep_seconds)
 
+    def wake_at(self, when: float) -> None:
+        """Run a pass at monotonic time ``when`` (a retry after backoff), whatever else wakes the loop."""
+        timer = threading.Timer(max(0.0, when - time.monotonic()), self.wake.set)
+        timer.daemon = True
+        timer.start()
+
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
@@ -217,6 +227,8 @@ class Worker:
             if key not in observed:
                 work.append(partial(self.ensure_started, job, name, t))
         self._run_all(work)
+        for key in set(self._retries) - set(desired):
+            self._retries.pop(key, None)
         self.lifecycle.run(desired, observed)
         self.evms.observe({container_name(*key): (*key, desired[key][2]) for key, obs in observed.items()
                            if key in desired and is_epm(desired[key][2]) and obs.status not in ("exited", "dead")})
@@ -291,6 +303,10 @@ class Worker:
         net = self.store.networks.get(job_id)
         if net is None or net.get("state") != "created":
             return  # the GlobalManager has not made the job's network yet; its dispatch will wake us
+        key = (job_id, name, t["attempt"])
+        retry = self._retries.get(key)
+        if retry is not None and retry[1] > time.monotonic():
+            return  # backing off after a transient engine error (a timer wakes the loop for the retry)
         try:
             cid = self.engine.create(job_id, name, t, job["network"]["docker_name"],
                                      epm=self.evms.container_options(job, name, t))
@@ -298,6 +314,27 @@ class Worker:
             CONTAINER_STARTS.labels(self.name, "failed").inc()
             self.report(job_id, name, t["attempt"], TaskState.FAILED, reason=str(exc))
             return
+        except OSError as exc:  # a volume's host directory cannot be made (e.g. the path is a file)
+            CONTAINER_STARTS.labels(self.name, "failed").inc()
+            self.report(job_id, name, t["attempt"], TaskState.FAILED, reason=f"invalid mount: {exc}")
+            return
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            # Transient (the engine answered 5xx, timed out or restarted): retry with backoff, then fail.
+            n = (retry[0] if retry else 0) + 1
+            reason = f"{exc.explanation if isinstance(exc, docker.errors.APIError) else exc}"
+            if n >= START_MAX_ATTEMPTS:
+                self._retries.pop(key, None)
+                CONTAINER_STARTS.labels(self.name, "failed").inc()
+                self.report(job_id, name, t["attempt"], TaskState.FAILED,
+                            reason=f"the engine failed {n} times to create the container; last error: {reason}")
+                return
+            delay = min(START_BACKOFF_SECONDS * 2 ** (n - 1), 60.0)
+            self._retries[key] = (n, time.monotonic() + delay)
+            log.warning("creating %s/%s#%d failed (%s); retry %d in %.0fs", job_id, name, t["attempt"], reason,
+                        n, delay)
+            self.wake_at(time.monotonic() + delay)
+            return
+        self._retries.pop(key, None)
         self.report(job_id, name, t["attempt"], TaskState.STARTING, container_id=cid)
         self.start(job_id, name, t, cid)
 

@@ -203,7 +203,22 @@ class JobStore:
         return False
 
     def mark_dispatched(self, job_id: str) -> None:
-        self.col.update_one({"_id": job_id}, {"$set": {"dispatched_at": time.time()}})
+        self.col.update_one({"_id": job_id}, {"$set": {"dispatched_at": time.time(), "deploy_retry": None}})
+
+    def deploy_failed(self, job_id: str, error: str, backoff: tuple[float, float]) -> int | None:
+        """Count a transient deploy failure of a placed job and set when to retry (exponential backoff
+        between ``backoff`` = (first, cap) seconds). Returns the failures so far, or None if not placed."""
+        doc = self.col.find_one_and_update(
+            {"_id": job_id, "state": {"$in": [JobState.SCHEDULED.value, JobState.RUNNING.value]}},
+            {"$inc": {"deploy_failures": 1}, "$set": {"deploy_error": error}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            return None
+        n = doc["deploy_failures"]
+        delay = min(backoff[0] * 2 ** (n - 1), backoff[1])
+        self.col.update_one({"_id": job_id}, {"$set": {"deploy_retry": {"at": time.time() + delay, "n": n}}})
+        return n
 
     def requeue_preempted(self, job_id: str, by: str, reason: str) -> dict[str, Any] | None:
         """Send a placed job back to the queue because ``by`` evicts it (preemption).
@@ -222,6 +237,7 @@ class JobStore:
         guard: dict[str, Any] = {"_id": job_id, "state": doc["state"], "cancel_requested": False}
         update: dict[str, Any] = {"state": JobState.QUEUED.value, "state_times": {JobState.QUEUED.value: now},
                                   "nodes": [], "lease": None, "reason": reason, "dispatched_at": None,
+                                  "deploy_failures": 0, "deploy_retry": None,
                                   "last_preempted": {"by": by, "at": now}}
         history = []
         for name, t in doc["tasks"].items():
@@ -267,7 +283,8 @@ class JobStore:
         now = time.time()
         guard: dict[str, Any] = {"_id": job_id, "state": doc["state"], "cancel_requested": False}
         update: dict[str, Any] = {"state": JobState.QUEUED.value, "state_times": {JobState.QUEUED.value: now},
-                                  "nodes": [], "lease": None, "reason": reason, "dispatched_at": None}
+                                  "nodes": [], "lease": None, "reason": reason, "dispatched_at": None,
+                                  "deploy_failures": 0, "deploy_retry": None}
         history = []
         for name, t in doc["tasks"].items():
             guard[f"tasks.{name}.attempt"] = t["attempt"]
