@@ -191,7 +191,8 @@ class Cleanup(Resource):
 
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
 REMOVED_SCHEMA = {"type": "object", "required": ["node", "removed"], "properties": {
-    "node": {"type": "string"}, "removed": {"type": "boolean"}}}
+    "node": {"type": "string"}, "removed": {"type": "boolean"},
+    "forced": {"type": "boolean", "description": "its engine did not answer: removed on the manager's side"}}}
 removed_model = swarm_ns.schema_model("NodeRemoved", REMOVED_SCHEMA)
 
 
@@ -219,13 +220,13 @@ class Node(Resource):
             raise Conflict(f"worker {name} still holds work ({len(busy)} jobs); drain it and retry",
                            field="name", retry_after=2)
         try:
-            c.swarm.remove_node(worker)
+            how = c.swarm.remove_node(worker)
         except ValueError as exc:
             raise Conflict(str(exc), field="name") from None
-        except docker.errors.DockerException as exc:
+        except docker.errors.DockerException as exc:  # the manager's own engine did not answer
             raise _docker_down(exc) from None
-        c.store.workers.mark_removed(name)
-        return {"node": name, "removed": True}
+        c.store.workers.mark_removed(name, forced=how == "forced")
+        return {"node": name, "removed": True, "forced": how == "forced"}
 
 
 def sweep_networks(c: GMContext) -> None:

@@ -68,7 +68,9 @@ class Worker:
         cores = parse_cpuset(self.cfg.worker.cores) if self.cfg.worker.cores else list(range(ncpu))
         mem = parse_memory(self.cfg.worker.memory) if self.cfg.worker.memory else mem_total
         info = {"engine": engine_name, "ncpu": ncpu, "engine_memory": mem_total,
-                "docker_url": self.cfg.worker.docker_url}
+                "docker_url": self.cfg.worker.docker_url,
+                # lets the GM remove this node from the Swarm on the manager's side if its engine dies
+                "swarm_node_id": (self.engine.client.info().get("Swarm") or {}).get("NodeID") or None}
         doc = self.store.workers.register(self.name, cores, mem, info)
         log.info("registered %s: cores %s, memory %d bytes", self.name, cores, mem)
         return doc

@@ -242,7 +242,7 @@ class WorkerStore:
             return_document=ReturnDocument.AFTER,
         )
 
-    def mark_removed(self, name: str) -> None:
+    def mark_removed(self, name: str, forced: bool = False) -> None:
         self.col.update_one({"_id": name}, {"$set": {"state": REMOVED, "removed_at": time.time()},
                                             "$inc": {"generation": 1}})
-        self.events.record("node_removed", node=name)
+        self.events.record("node_removed", node=name, forced=forced)
