@@ -23,7 +23,7 @@ from Common.config import Config
 from Common.messaging import Receiver
 from Common.metrics import JOB_WAIT_SECONDS, PLACEMENT_DECISIONS, PLACEMENT_SECONDS, SCHEDULE_SECONDS
 from Common.placement import STRATEGIES, Preemption, SchedulerOptions, place, stored_options
-from Common.placement.snapshot import job_request_from_doc, node_from_worker, running_from_doc
+from Common.placement.snapshot import host_ports, job_request_from_doc, node_from_worker, running_from_doc
 from Common.states import TASK_TERMINAL, JobState, TaskState
 from Common.store import Store
 from Common.store.workers import Alloc, alloc_key
@@ -215,7 +215,8 @@ class JobManager:
         by_node: dict[str, list[Alloc]] = {}
         for task, (node, cores) in placement.items():
             mem = job["tasks"][task]["mem_bytes"]
-            by_node.setdefault(node, []).append(Alloc(job_id, task, tuple(cores), mem, token))
+            ports = tuple(sorted(host_ports(job["tasks"][task])))
+            by_node.setdefault(node, []).append(Alloc(job_id, task, tuple(cores), mem, token, ports))
         claimed: list[tuple[str, list[Alloc]]] = []
         ok = True
         for node, allocs in by_node.items():
