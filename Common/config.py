@@ -8,6 +8,7 @@ Everything defaults to loopback; nothing is hard-coded elsewhere.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
@@ -51,7 +52,9 @@ class GlobalManagerConfig:
     pub_port: int = 5557
     advertise_addr: str = "127.0.0.1"
     docker_url: str = "unix:///var/run/docker.sock"
-    network_pool: str = "10.201.0.0/16"
+    # One /24 per live job network: 2,048 of them, more than the jobs a deployment can hold at once (a job
+    # holds at least one core) on anything up to 2,048 cores; beyond that jobs wait for a subnet.
+    network_pool: str = "10.200.0.0/13"
     network_prefix: int = 24
     sweep_seconds: float = 10.0
     metrics_host: str = "127.0.0.1"
@@ -232,6 +235,13 @@ def _check(cfg: Config) -> None:
                 raise ConfigError(f"{where}: must be > 0, got {value}")
     if not 8 <= cfg.globalmanager.network_prefix <= 29:
         raise ConfigError("globalmanager.network_prefix: must be 8..29")
+    try:
+        pool = ipaddress.IPv4Network(cfg.globalmanager.network_pool)
+    except ValueError as exc:
+        raise ConfigError(f"globalmanager.network_pool: {exc}") from None
+    if pool.prefixlen > cfg.globalmanager.network_prefix:
+        raise ConfigError(f"globalmanager.network_pool: /{pool.prefixlen} is smaller than one job network "
+                          f"(globalmanager.network_prefix /{cfg.globalmanager.network_prefix})")
     if not 1 <= cfg.worker.parallelism <= 64:
         raise ConfigError(f"worker.parallelism: must be 1..64, got {cfg.worker.parallelism}")
     for key in ("workers", "threads", "max_body_bytes", "max_tasks_per_job"):

@@ -134,6 +134,10 @@ class Swarm:
             rec = self.store.networks.get(job_id)
             if rec is None:
                 taken = [ipaddress.IPv4Network(r["subnet"]) for r in self.store.networks.active()]
+                # ... and the explicit subnets of other placed jobs whose networks are not made yet (the
+                # JobManager let them through counting on them), so a pool subnet never takes theirs.
+                taken += [ipaddress.IPv4Network(j["network"]["subnet"]) for j in self.store.jobs.placed_networks()
+                          if j["_id"] != job_id and j["network"].get("subnet")]
                 wanted = job["network"].get("subnet")
                 if wanted:
                     net = ipaddress.IPv4Network(wanted)

@@ -29,6 +29,7 @@ from Common.store import Store
 from Common.store.workers import Alloc, alloc_key
 from JobManager.gm_client import GMClient
 from JobManager.migrations import MigrationPlacer
+from JobManager.subnets import SubnetGate, held_subnets
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class JobManager:
         # instead of waiting for the slow sweep.
         self.retry_at = float("inf")
         self.backoff = MIN_BACKOFF_SECONDS
+        self.subnets = SubnetGate(cfg.globalmanager.network_pool, cfg.globalmanager.network_prefix)
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -134,6 +136,7 @@ class JobManager:
             queue = self.store.jobs.queued()
             if not queue:
                 return placed_total
+            no_subnet = self.subnet_waits(queue)
             workers = {w["_id"]: w for w in self.store.workers.ready()}
             options = self.options()
             running = None
@@ -142,9 +145,10 @@ class JobManager:
                     [JobState.SCHEDULED.value, JobState.RUNNING.value]) if not j.get("cancel_requested")]
             strategy = self.strategy()
             with PLACEMENT_SECONDS.labels(strategy).time():
-                plan = place([job_request_from_doc(j) for j in queue],
+                plan = place([job_request_from_doc(j) for j in queue if j["_id"] not in no_subnet],
                              [node_from_worker(w) for w in workers.values()], strategy, options,
                              time.time(), running)
+            plan.waiting.update(no_subnet)
             jobs = {j["_id"]: j for j in queue}
             lost_race = False
             for job_id, placement in plan.placed.items():
@@ -171,6 +175,11 @@ class JobManager:
             if not lost_race and not plan.preemptions:
                 break
         return placed_total
+
+    def subnet_waits(self, queue: list[dict[str, Any]]) -> dict[str, str]:
+        """Queued jobs whose overlay subnet cannot be had now (JobManager/subnets.py), with the reason."""
+        held, pending_auto = held_subnets(self.store.networks.active(), self.store.jobs.placed_networks())
+        return self.subnets.check(queue, held, pending_auto)
 
     def decided(self, job: dict[str, Any], strategy: str, decision: str, **data: Any) -> None:
         """Count a placement decision and put it on the job's timeline (before its claims)."""

@@ -147,6 +147,11 @@ class JobStore:
     def in_states(self, states: list[str]) -> list[dict[str, Any]]:
         return list(self.col.find({"state": {"$in": states}}))
 
+    def placed_networks(self) -> list[dict[str, Any]]:
+        """``_id`` and ``network`` of every placed, unfinished job (for subnet accounting)."""
+        placed = [JobState.SCHEDULED.value, JobState.RUNNING.value, JobState.CANCELLING.value]
+        return list(self.col.find({"state": {"$in": placed}}, {"network": 1}))
+
     def count_by_state(self) -> dict[str, int]:
         return {d["_id"]: d["n"] for d in self.col.aggregate([{"$group": {"_id": "$state", "n": {"$sum": 1}}}])}
 
