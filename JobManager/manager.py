@@ -39,6 +39,7 @@ MIN_BACKOFF_SECONDS = 0.5
 # A deploy the GM could not do for a transient reason is re-sent after 2, 4, 8 ... 60 s, at most this many
 # times (about 5 minutes in all), then the job fails with the last error (docs/operations.md).
 DEPLOY_MAX_ATTEMPTS = 8
+SUBNET_RECHECK_SECONDS = 2.0  # while a job waits for a subnet, the queue is looked at again this often
 DEPLOY_BACKOFF_SECONDS = (2.0, 60.0)
 MAX_BACKOFF_SECONDS = 10.0
 
@@ -137,6 +138,9 @@ class JobManager:
             if not queue:
                 return placed_total
             no_subnet = self.subnet_waits(queue)
+            if no_subnet:
+                # Nothing hints the JobManager when the GM removes a network: look again soon.
+                self.retry_at = min(self.retry_at, time.time() + SUBNET_RECHECK_SECONDS)
             workers = {w["_id"]: w for w in self.store.workers.ready()}
             options = self.options()
             running = None
