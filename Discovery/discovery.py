@@ -90,6 +90,9 @@ class Discovery:
             self.on_task_status(body)
         elif kind == "hint" and body.get("node") and body["reason"] == "worker_drained":
             self.evacuate(body["node"], "node drained")
+        elif kind == "hint" and body.get("node") and body["reason"] == "worker_up":
+            # A Worker (re)registered, with its cores free again: waiting jobs may fit now.
+            self.hint("worker_up")
         elif kind == "evm_status":
             moved = self.evms.on_status(body)
             if moved and moved == len(body["items"]):  # all new: replayed reports would count twice
