@@ -148,6 +148,7 @@ def test_cancelling_a_job_whose_node_is_down_ends_cancelled_with_its_tasks_lost_
 def test_delete_of_a_worker_whose_engine_is_dead_completes_and_requeues_its_jobs(api: Api, store, system) -> None:
     name = f"rswtest{SLOT}-dead-engine"
     dead = system.run_path / "dead-engine.sock"  # nothing listens here: an engine that is gone
+    since = now()
     store.workers.register(name, [0, 1], 2**30, {"engine": name, "docker_url": f"unix://{dead}"})
     try:
         job_id = api.submit(task_job({"t": sleeper(5, node=name)}, name="on-the-dead-node"))
@@ -156,8 +157,8 @@ def test_delete_of_a_worker_whose_engine_is_dead_completes_and_requeues_its_jobs
         r = api.delete(f"/workers/{name}")
         assert r.status_code == 202, r.text
         wait_for("the node to be removed", lambda: store.workers.get(name)["state"] == "REMOVED", 120)
-        removed = store.events.query(kinds=["node_removed"], since=now() - dt.timedelta(minutes=5))
-        assert any(e["node"] == name and e["forced"] for e in removed), removed
+        wait_for("the forced removal on the timeline", lambda: any(
+            e["node"] == name and e["forced"] for e in store.events.query(kinds=["node_removed"], since=since)), 30)
         job = store.jobs.get(job_id)
         assert job["requeues"] >= 1 and job["history"][-1]["state"] == "LOST", job
         assert job["state"] == "QUEUED" and store.workers.get(name)["allocations"] == {}
