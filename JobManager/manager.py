@@ -24,12 +24,12 @@ from Common.messaging import Receiver
 from Common.metrics import JOB_WAIT_SECONDS, PLACEMENT_DECISIONS, PLACEMENT_SECONDS, SCHEDULE_SECONDS
 from Common.placement import STRATEGIES, Preemption, SchedulerOptions, place, stored_options
 from Common.placement.snapshot import host_ports, job_request_from_doc, node_from_worker, running_from_doc
+from Common.placement.subnets import SubnetGate, held_subnets
 from Common.states import TASK_TERMINAL, JobState, TaskState
 from Common.store import Store
 from Common.store.workers import Alloc, alloc_key
 from JobManager.gm_client import GMClient
 from JobManager.migrations import MigrationPlacer
-from JobManager.subnets import SubnetGate, held_subnets
 
 log = logging.getLogger(__name__)
 

@@ -227,6 +227,8 @@ def test_an_explicit_subnet_in_use_makes_the_new_job_wait_and_an_impossible_one_
     second = api.submit(body)
     waiting = wait_for("a reason on the second job", lambda: (j := api.job(second))["reason"] and j, 60)
     assert waiting["state"] == "QUEUED" and "129.59.0.0/16" in waiting["reason"] and first in waiting["reason"]
+    queue = {i["id"]: i for i in api.get("/queue").json()["items"]}
+    assert "129.59.0.0/16" in queue[second]["reason"], queue  # the queue says the same
     assert api.wait_state(first, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=120)["state"] == "COMPLETED"
     assert api.wait_state(second, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=180)["state"] == "COMPLETED"
 

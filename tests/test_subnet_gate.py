@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from JobManager.subnets import Held, SubnetGate, held_subnets
+from Common.placement.subnets import Held, SubnetGate, held_subnets
 
 
 def queued(job_id: str, subnet: str | None = None) -> dict:
@@ -40,3 +40,10 @@ def test_an_explicit_subnet_inside_the_pool_takes_the_slots_it_overlaps() -> Non
     gate = SubnetGate("10.50.0.0/22", 24)
     waits = gate.check([queued("big", "10.50.0.0/23"), queued("q1"), queued("q2"), queued("q3")], [], 0)
     assert list(waits) == ["q3"]
+
+
+def test_the_default_pool_holds_a_subnet_for_each_job_of_a_2048_core_deployment() -> None:
+    from Common.config import Config
+
+    g = Config().globalmanager
+    assert SubnetGate(g.network_pool, g.network_prefix).slots >= 2048

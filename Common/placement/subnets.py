@@ -1,5 +1,6 @@
-"""Subnets as a placement condition: a queued job is offered to placement only if its overlay network
-can be made when it is deployed.
+"""Subnets as a placement condition (pure: plain dicts in, reasons out): a queued job is offered to
+placement only if its overlay network can be made when it is deployed. The JobManager applies it before
+each plan; GET /api/v1/queue shows the same reasons.
 
 A job that names its subnet (``job_info.network.subnet``) waits while a live job's network overlaps it;
 a job that does not waits while the per-job pool (``globalmanager.network_pool`` carved into
