@@ -192,7 +192,7 @@ class Job(Resource):
 
     @ns.doc(security="bearer")
     @ns.response(200, "Already finished; nothing to do", job_model)
-    @ns.response(202, "Cancellation under way: containers are stopped and resources released", job_model)
+    @ns.response(202, "CANCELLING: containers are being stopped and resources released; it ends CANCELLED", job_model)
     @ns.response(401, "Missing or wrong bearer token", error)
     @ns.response(404, "No such job", error)
     @ns.response(503, "MongoDB unavailable", error)

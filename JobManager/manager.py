@@ -266,8 +266,14 @@ class JobManager:
         if status == 409:
             return
         failures = self.store.jobs.deploy_failed(job_id, message, DEPLOY_BACKOFF_SECONDS)
-        if failures is not None and failures >= DEPLOY_MAX_ATTEMPTS:
+        if failures is None:
+            return
+        if failures >= DEPLOY_MAX_ATTEMPTS:
             self.fail_job(job_id, f"deploy failed {failures} times; last error: {message}")
+            return
+        # Wake the loop for the re-send (resend() waits for both the backoff and redeploy_after_seconds).
+        delay = min(DEPLOY_BACKOFF_SECONDS[0] * 2 ** (failures - 1), DEPLOY_BACKOFF_SECONDS[1])
+        self.retry_at = min(self.retry_at, time.time() + max(delay, self.cfg.jobmanager.redeploy_after_seconds) + 0.1)
 
     def fail_job(self, job_id: str, reason: str) -> None:
         """End a placed job FAILED here (its not-started tasks never will be reported by anyone), release

@@ -106,6 +106,19 @@ def test_permanent_deploy_errors_end_failed_with_the_engines_message_and_release
     wait_for("their containers to be removed", lambda: not containers_of(TEST_CLUSTER, bad_mount), 60)
 
 
+def test_a_transient_deploy_error_is_retried_with_backoff_and_the_job_runs_once_the_globalmanager_answers(
+        api: Api, store, system) -> None:
+    with frozen(system, "globalmanager"):  # it accepts connections and answers nothing: the deploy times out
+        job_id = api.submit(task_job({"t": sleeper(1)}, name="deploy-while-the-gm-is-frozen"))
+        wait_for("a transient deploy failure to be recorded",
+                 lambda: (store.jobs.get(job_id) or {}).get("deploy_failures", 0) >= 2, 120)
+        job = store.jobs.get(job_id)
+        assert job["state"] == "SCHEDULED" and "did not answer" in job["deploy_error"], job
+    job = api.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=180)
+    assert job["state"] == "COMPLETED", job
+    wait_for("the claim to be released", lambda: idle(store, system), 60)
+
+
 def test_a_sigstopped_worker_is_declared_down_and_its_job_restarted_when_it_comes_back(
         api: Api, store, system) -> None:
     job_id = api.submit(task_job({"t": sleeper(6)}, name="on-a-hung-node"))
