@@ -16,7 +16,7 @@ def body(cfg: Config, log: logging.Logger) -> int:
 
     key = cfg.token().encode()
     store = Store.connect(cfg, "discovery")
-    store.ensure_indexes()
+    store.ensure_indexes_retrying(log)
     receiver = Receiver(f"tcp://{cfg.discovery.host}:{cfg.discovery.port}", key)
     hints = Sender(cfg.jobmanager_hint_endpoint, "discovery", key)
     disc = Discovery(store, receiver, hints, cfg.discovery.sweep_seconds, cfg.discovery.heartbeat_timeout_seconds,

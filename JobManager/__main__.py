@@ -15,7 +15,7 @@ def body(cfg: Config, log: logging.Logger) -> int:
     from JobManager.manager import JobManager
 
     store = Store.connect(cfg, "jobmanager")
-    store.ensure_indexes()
+    store.ensure_indexes_retrying(log)
     receiver = Receiver(f"tcp://{cfg.jobmanager.host}:{cfg.jobmanager.hint_port}", cfg.token().encode())
     jm = JobManager(cfg, store, receiver)
     log.info("JobManager listening for hints on %s, strategy %s", cfg.jobmanager_hint_endpoint, jm.strategy())
