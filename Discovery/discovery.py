@@ -46,7 +46,7 @@ class Discovery:
         next_sweep = time.monotonic() + self.sweep_seconds
         while not self.stopping.is_set():
             wait = max(0.0, next_sweep - time.monotonic())
-            msgs = self.receiver.drain(min(wait, 1.0)) if self.receiver else []
+            msgs = self._receive(min(wait, 1.0))
             # Heartbeats first: under a burst of reports they must not wait behind them.
             msgs.sort(key=lambda m: m[0] != "heartbeat")
             for kind, body, _sender in msgs:
@@ -75,6 +75,18 @@ class Discovery:
                 else:
                     self.backoff = 0.5
                 next_sweep = time.monotonic() + self.sweep_seconds
+
+    def _receive(self, timeout: float) -> list[tuple[str, dict[str, Any], str]]:
+        """The next batch of messages; a receive error (whatever a peer sent) never ends the loop."""
+        if self.receiver is None:
+            self.stopping.wait(timeout)
+            return []
+        try:
+            return self.receiver.drain(timeout)
+        except Exception:
+            log.exception("receiving failed; going on")
+            self.stopping.wait(min(timeout, 0.5))
+            return []
 
     def blind(self, why: str) -> None:
         """Discovery could not observe heartbeats for a while: give every Worker one full timeout, from

@@ -69,7 +69,11 @@ class JobManager:
         while not self.stopping.is_set():
             wake_at = min(next_sweep, self._retry_monotonic())
             wait = max(0.0, wake_at - time.monotonic())
-            msgs = self.receiver.drain(min(wait, 1.0)) if self.receiver else []
+            try:
+                msgs = self.receiver.drain(min(wait, 1.0)) if self.receiver else []
+            except Exception:  # whatever a peer sent, the loop goes on (the sweep finds any lost work)
+                log.exception("receiving hints failed; going on")
+                msgs = []
             if self.stopping.is_set():
                 break
             for _kind, body, _sender in msgs:

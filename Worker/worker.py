@@ -79,8 +79,12 @@ class Worker:
     # ---- threads that only wake the loop ------------------------------------------------------
     def _listen_hints(self, receiver: Receiver) -> None:
         while not self.stopping.is_set():
-            if receiver.recv(1.0) is not None:
-                self.wake.set()
+            try:
+                if receiver.recv(1.0) is not None:
+                    self.wake.set()
+            except Exception:  # whatever a peer sent, keep listening (the sweep runs passes anyway)
+                log.exception("receiving a hint failed; going on")
+                self.stopping.wait(0.5)
 
     def _watch_events(self) -> None:
         while not self.stopping.is_set():
