@@ -261,3 +261,20 @@ def test_when_the_subnet_pool_is_exhausted_a_job_waits_with_the_reason_then_runs
         assert api.wait_state(h, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=120)["state"] == "COMPLETED"
     assert api.wait_state(starved, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=180)["state"] == "COMPLETED"
 
+
+
+def test_the_seed_sample_job_submitted_three_times_at_once_completes_three_times_on_one_node(
+        api: Api, store, system) -> None:
+    # The RESTfulSwarm README's job: its subnet and a published host port (moved off 3000 so that parallel
+    # test sessions on this machine do not share it), with a runnable image and command.
+    port = 15000 + 100 * SLOT + 81
+    sample = {"job_name": "sample", "job_info": {
+        "network": {"name": "RESTfulSwarmNet", "driver": "overlay", "subnet": "129.59.0.0/16"},
+        "tasks": {"task1": {"container_name": "task1", "image": "rswarm/task:1", "command": "sleep 3",
+                            "req_cores": 1, "mem_limit": "32m", "ports": {"3000/tcp": port},
+                            "detach": True, "status": "Ready"}}}}
+    jobs = [api.submit(sample) for _ in range(3)]
+    for job_id in jobs:
+        job = api.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=240)
+        assert job["state"] == "COMPLETED", job
+    wait_for("the claims to be released", lambda: idle(store, system), 60)
