@@ -8,6 +8,7 @@ Everything defaults to loopback; nothing is hard-coded elsewhere.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
@@ -53,7 +54,9 @@ class GlobalManagerConfig:
     advertise_addr: str = "127.0.0.1"
     allowed_hosts: str = ""  # Host header names, comma-separated; empty: loopback + host + advertise_addr, at port
     docker_url: str = "unix:///var/run/docker.sock"
-    network_pool: str = "10.201.0.0/16"
+    # One /24 per live job network: 2,048 of them, more than the jobs a deployment can hold at once (a job
+    # holds at least one core) on anything up to 2,048 cores; beyond that jobs wait for a subnet.
+    network_pool: str = "10.200.0.0/13"
     network_prefix: int = 24
     sweep_seconds: float = 10.0
     metrics_host: str = "127.0.0.1"
@@ -246,6 +249,13 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"zmq.max_frame_bytes: must be 4096..16777216, got {cfg.zmq.max_frame_bytes}")
     if not 16 <= cfg.worker.pids_limit <= 4_194_304:
         raise ConfigError(f"worker.pids_limit: must be 16..4194304, got {cfg.worker.pids_limit}")
+    try:
+        pool = ipaddress.IPv4Network(cfg.globalmanager.network_pool)
+    except ValueError as exc:
+        raise ConfigError(f"globalmanager.network_pool: {exc}") from None
+    if pool.prefixlen > cfg.globalmanager.network_prefix:
+        raise ConfigError(f"globalmanager.network_pool: /{pool.prefixlen} is smaller than one job network "
+                          f"(globalmanager.network_prefix /{cfg.globalmanager.network_prefix})")
     if not 1 <= cfg.worker.parallelism <= 64:
         raise ConfigError(f"worker.parallelism: must be 1..64, got {cfg.worker.parallelism}")
     for key in ("workers", "threads", "max_body_bytes", "max_tasks_per_job"):

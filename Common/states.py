@@ -1,8 +1,10 @@
 """Job and task states: ordered, only ever moving forward (swarmkit style).
 
 A state write is a conditional update "only if the stored state is earlier", so a late, duplicate or
-reordered report changes nothing. Moving a task back (a lost node, a preemption) is not a backward
-transition: it starts a new *attempt* of the task, and reports about older attempts are ignored.
+reordered report changes nothing. Jobs: QUEUED -> SCHEDULED -> RUNNING -> CANCELLING -> COMPLETED |
+FAILED | CANCELLED (any step may be skipped, none taken back). Moving a task back (a lost node, a
+preemption) is not a backward transition: it starts a new *attempt* of the task, and reports about
+older attempts are ignored.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class JobState(StrEnum):
     QUEUED = "QUEUED"
     SCHEDULED = "SCHEDULED"
     RUNNING = "RUNNING"
+    CANCELLING = "CANCELLING"  # cancellation requested by a user: it ends CANCELLED whatever happens meanwhile
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
@@ -45,13 +48,14 @@ JOB_RANK: dict[JobState, int] = {
     JobState.QUEUED: 0,
     JobState.SCHEDULED: 1,
     JobState.RUNNING: 2,
-    JobState.COMPLETED: 3,
-    JobState.FAILED: 3,
-    JobState.CANCELLED: 3,
+    JobState.CANCELLING: 3,
+    JobState.COMPLETED: 4,
+    JobState.FAILED: 4,
+    JobState.CANCELLED: 4,
 }
 
 TASK_TERMINAL = frozenset(s for s, r in TASK_RANK.items() if r == 4)
-JOB_TERMINAL = frozenset(s for s, r in JOB_RANK.items() if r == 3)
+JOB_TERMINAL = frozenset(s for s, r in JOB_RANK.items() if r == 4)
 JOB_ACTIVE = frozenset(JobState) - JOB_TERMINAL
 
 
@@ -64,18 +68,24 @@ def job_states_before(state: JobState) -> list[str]:
     return [s.value for s, r in JOB_RANK.items() if r < JOB_RANK[state]]
 
 
-def derive_job_state(task_states: list[TaskState]) -> JobState:
+def derive_job_state(task_states: list[TaskState], user_cancelled: bool = False) -> JobState:
     """The job state its tasks imply.
 
-    All terminal: FAILED if any failed or was lost, else CANCELLED if any was cancelled, else COMPLETED.
-    Otherwise RUNNING once every task has started, SCHEDULED once every task is placed, else QUEUED.
+    All terminal: CANCELLED if a user asked for the cancellation (whatever happened to its tasks
+    meanwhile: a lost node, a vanished container), else FAILED if any failed or was lost, else CANCELLED
+    if any was cancelled, else COMPLETED. Not all terminal: CANCELLING once a user asked, else RUNNING
+    once every task has started, SCHEDULED once every task is placed, else QUEUED.
     """
     if all(s in TASK_TERMINAL for s in task_states):
+        if user_cancelled:
+            return JobState.CANCELLED
         if any(s in (TaskState.FAILED, TaskState.LOST) for s in task_states):
             return JobState.FAILED
         if TaskState.CANCELLED in task_states:
             return JobState.CANCELLED
         return JobState.COMPLETED
+    if user_cancelled:
+        return JobState.CANCELLING
     lowest = min(TASK_RANK[s] for s in task_states)
     if lowest >= TASK_RANK[TaskState.RUNNING]:
         return JobState.RUNNING

@@ -17,7 +17,7 @@ def body(cfg: Config, log: logging.Logger) -> int:
 
     keys = Keyring.control_plane(cfg.token())
     store = Store.connect(cfg, "discovery")
-    store.ensure_indexes()
+    store.ensure_indexes_retrying(log)
     receiver = Receiver(f"tcp://{cfg.discovery.host}:{cfg.discovery.port}", keys, "discovery", limits=cfg.zmq)
     hints = Sender(cfg.jobmanager_hint_endpoint, "discovery", keys, to="jobmanager", limits=cfg.zmq)
     disc = Discovery(store, receiver, hints, cfg.discovery.sweep_seconds, cfg.discovery.heartbeat_timeout_seconds,

@@ -12,11 +12,13 @@ import threading
 import time
 from typing import Any
 
+from pymongo.errors import PyMongoError
+
 from Common.messaging import Receiver, Sender
 from Common.metrics import EVM_CREATE_SECONDS, NODE_DOWN, TASK_REPORTS
 from Common.states import JOB_TERMINAL, TASK_TERMINAL, JobState, TaskState
 from Common.store import Store
-from Common.store.workers import DOWN, DRAINING, READY, alloc_key
+from Common.store.workers import DOWN, DRAINING, READY, REMOVED, alloc_key
 from Discovery.evms import EvmReports
 from Discovery.lifecycle import Lifecycle
 
@@ -38,29 +40,71 @@ class Discovery:
         # A Discovery that was itself down saw no heartbeats: give every Worker one timeout to be heard
         # before declaring anything dead.
         self.trust_heartbeats_after = time.time() + heartbeat_timeout
+        self.backoff = 0.5
 
     def run(self) -> None:
         next_sweep = time.monotonic() + self.sweep_seconds
         while not self.stopping.is_set():
             wait = max(0.0, next_sweep - time.monotonic())
-            for kind, body, _sender in self.receiver.drain(min(wait, 1.0)) if self.receiver else []:
+            msgs = self._receive(min(wait, 1.0))
+            # Heartbeats first: under a burst of reports they must not wait behind them.
+            msgs.sort(key=lambda m: m[0] != "heartbeat")
+            for kind, body, _sender in msgs:
                 try:
                     self.handle(kind, body)
+                except PyMongoError as exc:
+                    # MongoDB away: the Worker re-reports from its own sweep; heartbeats lost meanwhile
+                    # must not make anyone DOWN (see blind()).
+                    self.blind(f"MongoDB unavailable: {exc}")
                 except Exception:
-                    # MongoDB hiccup or a bug: the Worker re-reports from its own sweep, so log and go on.
                     log.exception("could not apply %s %s", kind, body)
-            if time.monotonic() >= next_sweep:
+            now = time.monotonic()
+            if now >= next_sweep:
+                if now - next_sweep > self.heartbeat_timeout / 2:
+                    # This process itself was not running (frozen, starved of CPU, blocked on MongoDB):
+                    # it has not been listening, so silence proves nothing yet.
+                    self.blind(f"Discovery's own loop stalled for {now - next_sweep:.0f}s")
                 try:
                     self.sweep()
+                except PyMongoError as exc:
+                    self.blind(f"MongoDB unavailable: {exc}")
+                    self.stopping.wait(min(self.backoff, 5.0))
+                    self.backoff = min(self.backoff * 2, 5.0)
                 except Exception:
                     log.exception("sweep failed; will retry at the next one")
+                else:
+                    self.backoff = 0.5
                 next_sweep = time.monotonic() + self.sweep_seconds
+
+    def _receive(self, timeout: float) -> list[tuple[str, dict[str, Any], str]]:
+        """The next batch of messages; a receive error (whatever a peer sent) never ends the loop."""
+        if self.receiver is None:
+            self.stopping.wait(timeout)
+            return []
+        try:
+            return self.receiver.drain(timeout)
+        except Exception:
+            log.exception("receiving failed; going on")
+            self.stopping.wait(min(timeout, 0.5))
+            return []
+
+    def blind(self, why: str) -> None:
+        """Discovery could not observe heartbeats for a while: give every Worker one full timeout, from
+        now, to be heard again before declaring anything dead (a database outage or a frozen Discovery
+        is not a dead node)."""
+        until = time.time() + self.heartbeat_timeout
+        if until > self.trust_heartbeats_after + 1.0:
+            log.warning("%s; no worker is declared DOWN for the next %.0fs", why, self.heartbeat_timeout)
+        self.trust_heartbeats_after = max(self.trust_heartbeats_after, until)
 
     def handle(self, kind: str, body: dict[str, Any]) -> None:
         if kind == "task_status":
             self.on_task_status(body)
         elif kind == "hint" and body.get("node") and body["reason"] == "worker_drained":
             self.evacuate(body["node"], "node drained")
+        elif kind == "hint" and body.get("node") and body["reason"] == "worker_up":
+            # A Worker (re)registered, with its cores free again: waiting jobs may fit now.
+            self.hint("worker_up")
         elif kind == "evm_status":
             moved = self.evms.on_status(body)
             if moved and moved == len(body["items"]):  # all new: replayed reports would count twice
@@ -89,17 +133,26 @@ class Discovery:
                 log.warning("worker %s missed heartbeats for %.0fs: DOWN", w["_id"], self.heartbeat_timeout)
                 NODE_DOWN.labels(w["_id"]).inc()
                 state = DOWN
-            if state in (DOWN, DRAINING):
-                self.evacuate(w["_id"], "node down" if state == DOWN else "node drained")
+            if state in (DOWN, DRAINING, REMOVED):
+                self.evacuate(w["_id"], "node drained" if state == DRAINING else f"node {state.lower()}",
+                              dead=state != DRAINING)
         for name in self.store.workers.purge_forgotten():
             log.info("worker %s forgotten (its cluster was taken down)", name)
         self.evms.sweep()
 
-    def evacuate(self, node: str, why: str) -> int:
-        """Restart elsewhere every unfinished job that has a task on ``node``. Returns how many moved."""
+    def evacuate(self, node: str, why: str, dead: bool = False) -> int:
+        """Restart elsewhere every unfinished job that has a task on ``node``. Returns how many moved.
+
+        On a ``dead`` node (DOWN, REMOVED) the tasks of a job being cancelled are recorded LOST at once:
+        nobody will ever stop or report them, and a cancellation never waits for a dead node.
+        """
         moved = 0
         for job in self.store.jobs.active_on(node):
             reason = f"{why}: {node}"
+            if job.get("cancel_requested"):
+                if dead:
+                    self.lose_cancelled(job["_id"], node, reason)
+                continue
             before = self.store.jobs.requeue_lost(job["_id"], node, reason, self.max_requeues)
             if before is None:
                 continue
@@ -119,6 +172,18 @@ class Discovery:
                     self.hint("job_cancelled", job["_id"])
                 self.store.jobs.refresh_state(job["_id"])
         return moved
+
+    def lose_cancelled(self, job_id: str, node: str, reason: str) -> None:
+        """A job being stopped has tasks on a dead node: they are LOST, their claims released, and the job
+        ends (CANCELLED if a user cancelled it) without waiting for the node."""
+        lost = self.store.jobs.lose_tasks_on(job_id, node, f"{reason}; the job was being stopped")
+        for task, attempt in lost:
+            self.release(job_id, task, attempt)
+        if lost:
+            log.info("%s: tasks %s of %s (being stopped) recorded LOST", node, [t for t, _ in lost], job_id)
+        before, after = self.store.jobs.refresh_state(job_id)
+        if before != after and after in {s.value for s in JOB_TERMINAL}:
+            self.hint("job_finished", job_id)
 
     def hint(self, reason: str, job_id: str | None = None) -> None:
         if self.hints is not None:

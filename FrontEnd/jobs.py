@@ -197,7 +197,7 @@ class Job(Resource):
 
     @ns.doc(security="bearer")
     @ns.response(200, "Already finished; nothing to do", job_model)
-    @ns.response(202, "Cancellation under way: containers are stopped and resources released", job_model)
+    @ns.response(202, "CANCELLING: containers are being stopped and resources released; it ends CANCELLED", job_model)
     @ns.response(401, "Missing or wrong bearer token", error)
     @ns.response(404, "No such job", error)
     @ns.response(503, "MongoDB unavailable", error)
@@ -209,7 +209,7 @@ class Job(Resource):
             return job_view(doc, logs=True), 200
         c = ctx()
         reason = "cancelled by request"
-        doc = c.store.jobs.request_cancel(job_id, reason)
+        doc = c.store.jobs.request_cancel(job_id, reason, by_user=True)
         if doc is None:  # finished meanwhile
             return job_view(_job_or_404(job_id), logs=True), 200
         c.store.jobs.cancel_unplaced(job_id, reason)

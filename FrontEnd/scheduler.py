@@ -17,6 +17,7 @@ from Common.errors import Invalid
 from Common.placement import STRATEGIES, OptionError, SchedulerOptions, parse_options, place, stored_options
 from Common.placement.options import DESCRIPTIONS
 from Common.placement.snapshot import job_request_from_doc, node_from_worker
+from Common.placement.subnets import SubnetGate, held_subnets
 from FrontEnd.context import CLUSTER_SNAPSHOT, ctx
 
 OPTIONS_SCHEMA = {
@@ -174,11 +175,15 @@ class Queue(Resource):
         # jobs go, never which jobs wait or why).
         plan = place([job_request_from_doc(d) for d in docs.values()], workers, name,
                      replace(options, search_iterations=0, preemption=False), now)
+        held, pending_auto = held_subnets(c.store.networks.active(), c.store.jobs.placed_networks())
+        no_subnet = SubnetGate(c.cfg.globalmanager.network_pool, c.cfg.globalmanager.network_prefix).check(
+            [docs[j] for j in plan.order], held, pending_auto)
         items = []
         for position, job_id in enumerate(plan.order[:limit], 1):
             d = docs[job_id]
             tasks = d["tasks"].values()
-            reason = plan.waiting.get(job_id) or "fits now: the JobManager places it at its next pass"
+            reason = (no_subnet.get(job_id) or plan.waiting.get(job_id)
+                      or "fits now: the JobManager places it at its next pass")
             items.append({
                 "position": position, "id": job_id, "name": d["name"], "priority": d.get("priority", 0),
                 "effective_priority": plan.effective_priority.get(job_id),

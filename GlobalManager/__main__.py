@@ -19,7 +19,7 @@ def body(cfg: Config, log: logging.Logger) -> int:
     from GlobalManager.swarm import Swarm
 
     store = Store.connect(cfg, "globalmanager")
-    store.ensure_indexes()
+    store.ensure_indexes_retrying(log)
     try:
         info = Swarm(cfg.globalmanager.docker_url, store, cfg.cluster(), cfg.globalmanager.network_pool,
                      cfg.globalmanager.network_prefix).ensure(cfg.globalmanager.advertise_addr)

@@ -146,8 +146,16 @@ class Deploy(Resource):
         try:
             net = c.swarm.ensure_network(job)
         except SubnetConflict as exc:
+            # The JobManager keeps jobs whose subnet is taken in the queue; this is the last line only.
             c.fail_scheduled(job, str(exc))
             raise Conflict(str(exc), field="job_info.network.subnet") from None
+        except docker.errors.APIError as exc:
+            if exc.status_code is not None and 400 <= exc.status_code < 500:
+                # The engine refuses the network itself (invalid, conflicting): retrying cannot fix it.
+                reason = f"cannot create the job's network: {exc.explanation or exc}"
+                c.fail_scheduled(job, reason)
+                raise Conflict(reason, field="job_info.network") from None
+            raise _docker_down(exc) from None
         except docker.errors.DockerException as exc:
             raise _docker_down(exc) from None
         nodes = c.dispatch(job, "deploy")
@@ -192,7 +200,8 @@ class Cleanup(Resource):
 
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
 REMOVED_SCHEMA = {"type": "object", "required": ["node", "removed"], "properties": {
-    "node": {"type": "string"}, "removed": {"type": "boolean"}}}
+    "node": {"type": "string"}, "removed": {"type": "boolean"},
+    "forced": {"type": "boolean", "description": "its engine did not answer: removed on the manager's side"}}}
 removed_model = swarm_ns.schema_model("NodeRemoved", REMOVED_SCHEMA)
 
 
@@ -220,13 +229,13 @@ class Node(Resource):
             raise Conflict(f"worker {name} still holds work ({len(busy)} jobs); drain it and retry",
                            field="name", retry_after=2)
         try:
-            c.swarm.remove_node(worker)
+            how = c.swarm.remove_node(worker)
         except ValueError as exc:
             raise Conflict(str(exc), field="name") from None
-        except docker.errors.DockerException as exc:
+        except docker.errors.DockerException as exc:  # the manager's own engine did not answer
             raise _docker_down(exc) from None
-        c.store.workers.mark_removed(name)
-        return {"node": name, "removed": True}
+        c.store.workers.mark_removed(name, forced=how == "forced")
+        return {"node": name, "removed": True, "forced": how == "forced"}
 
 
 def sweep_networks(c: GMContext) -> None:

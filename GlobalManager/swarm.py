@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 import docker
+import requests
 from docker.types import IPAMConfig, IPAMPool
 from pymongo.errors import DuplicateKeyError
 
@@ -21,6 +22,7 @@ from Common.store.jobs import network_name
 log = logging.getLogger(__name__)
 
 SWARM_ADDR_POOL = "10.90.0.0/16"
+NODE_ENGINE_TIMEOUT = 5  # seconds a worker's engine has to answer before it counts as dead
 
 
 class SubnetConflict(Exception):
@@ -74,27 +76,48 @@ class Swarm:
             })
         return out
 
-    def remove_node(self, worker: dict[str, Any]) -> None:
+    def remove_node(self, worker: dict[str, Any]) -> str:
         """Have the worker's engine leave the Swarm (its address is in its registration), then remove the
-        node from the manager's list. ValueError when that cannot be done by construction."""
+        node from the manager's list. When the node's engine does not answer (dead, hung), the node is
+        removed on the manager's side alone (a forced removal): nothing waits for a dead engine.
+        Returns how it went ("left", "forced"); ValueError when it cannot be done by construction."""
         url = (worker.get("info") or {}).get("docker_url")
         if not url:
             raise ValueError(f"worker {worker['_id']} registered no engine address")
-        node_engine = docker.DockerClient(base_url=url, timeout=30)
+        how = "left"
         try:
-            swarm = node_engine.info()["Swarm"]
-            if swarm.get("ControlAvailable"):
-                raise ValueError(f"worker {worker['_id']} runs on a Swarm manager; it cannot leave")
-            node_id = swarm.get("NodeID")
-            if swarm.get("LocalNodeState") == "active":
-                node_engine.swarm.leave(force=False)
-        finally:
-            node_engine.close()
+            node_engine = docker.DockerClient(base_url=url, timeout=NODE_ENGINE_TIMEOUT)
+            try:
+                swarm = node_engine.info()["Swarm"]
+                if swarm.get("ControlAvailable"):
+                    raise ValueError(f"worker {worker['_id']} runs on a Swarm manager; it cannot leave")
+                node_id = swarm.get("NodeID")
+                if swarm.get("LocalNodeState") == "active":
+                    node_engine.swarm.leave(force=False)
+            finally:
+                node_engine.close()
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            log.warning("the engine of %s does not answer (%s): removing the node on the manager's side",
+                        worker["_id"], exc)
+            node_id = self._node_id_of(worker)
+            how = "forced"
         if node_id:
             # It has left (or its engine is gone): take it off the manager's list at once.
             with contextlib.suppress(docker.errors.NotFound):
                 self.client.nodes.get(node_id).remove(force=True)
-            log.info("node %s (%s) left the Swarm and was removed", worker["_id"], node_id)
+            log.info("node %s (%s) removed from the Swarm (%s)", worker["_id"], node_id, how)
+        return how
+
+    def _node_id_of(self, worker: dict[str, Any]) -> str | None:
+        """The Swarm node id a worker registered, else the node whose hostname is its engine's name."""
+        info = worker.get("info") or {}
+        if info.get("swarm_node_id"):
+            return str(info["swarm_node_id"])
+        names = {worker["_id"], info.get("engine")} - {None, ""}
+        for n in self.client.nodes.list():
+            if n.attrs["Description"].get("Hostname") in names and n.attrs["Spec"].get("Role") != "manager":
+                return str(n.id)
+        return None
 
     # ---- job networks -------------------------------------------------------------------------
     def _allocate_subnet(self, taken: list[ipaddress.IPv4Network]) -> str:
@@ -111,6 +134,10 @@ class Swarm:
             rec = self.store.networks.get(job_id)
             if rec is None:
                 taken = [ipaddress.IPv4Network(r["subnet"]) for r in self.store.networks.active()]
+                # ... and the explicit subnets of other placed jobs whose networks are not made yet (the
+                # JobManager let them through counting on them), so a pool subnet never takes theirs.
+                taken += [ipaddress.IPv4Network(j["network"]["subnet"]) for j in self.store.jobs.placed_networks()
+                          if j["_id"] != job_id and j["network"].get("subnet")]
                 wanted = job["network"].get("subnet")
                 if wanted:
                     net = ipaddress.IPv4Network(wanted)

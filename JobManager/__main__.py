@@ -16,7 +16,7 @@ def body(cfg: Config, log: logging.Logger) -> int:
     from JobManager.manager import JobManager
 
     store = Store.connect(cfg, "jobmanager")
-    store.ensure_indexes()
+    store.ensure_indexes_retrying(log)
     receiver = Receiver(f"tcp://{cfg.jobmanager.host}:{cfg.jobmanager.hint_port}",
                         Keyring.control_plane(cfg.token()), "jobmanager", limits=cfg.zmq)
     jm = JobManager(cfg, store, receiver)

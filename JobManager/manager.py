@@ -17,11 +17,14 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from pymongo.errors import PyMongoError
+
 from Common.config import Config
 from Common.messaging import Receiver
 from Common.metrics import JOB_WAIT_SECONDS, PLACEMENT_DECISIONS, PLACEMENT_SECONDS, SCHEDULE_SECONDS
 from Common.placement import STRATEGIES, Preemption, SchedulerOptions, place, stored_options
-from Common.placement.snapshot import job_request_from_doc, node_from_worker, running_from_doc
+from Common.placement.snapshot import host_ports, job_request_from_doc, node_from_worker, running_from_doc
+from Common.placement.subnets import SubnetGate, held_subnets
 from Common.states import TASK_TERMINAL, JobState, TaskState
 from Common.store import Store
 from Common.store.workers import Alloc, alloc_key
@@ -32,6 +35,13 @@ log = logging.getLogger(__name__)
 
 MAX_REPLANS = 5
 LEASE_GRACE_SECONDS = 10.0
+MIN_BACKOFF_SECONDS = 0.5
+# A deploy the GM could not do for a transient reason is re-sent after 2, 4, 8 ... 60 s, at most this many
+# times (about 5 minutes in all), then the job fails with the last error (docs/operations.md).
+DEPLOY_MAX_ATTEMPTS = 8
+SUBNET_RECHECK_SECONDS = 2.0  # while a job waits for a subnet, the queue is looked at again this often
+DEPLOY_BACKOFF_SECONDS = (2.0, 60.0)
+MAX_BACKOFF_SECONDS = 10.0
 
 
 class JobManager:
@@ -48,28 +58,53 @@ class JobManager:
         # When a job is leased by a placer that may have died, look again as soon as the lease expires
         # instead of waiting for the slow sweep.
         self.retry_at = float("inf")
+        self.backoff = MIN_BACKOFF_SECONDS
+        self.subnets = SubnetGate(cfg.globalmanager.network_pool, cfg.globalmanager.network_prefix)
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> None:
         self.sweep()
-        self.schedule()
+        self.guarded_schedule()
         next_sweep = time.monotonic() + self.cfg.jobmanager.sweep_seconds
         while not self.stopping.is_set():
             wake_at = min(next_sweep, self._retry_monotonic())
             wait = max(0.0, wake_at - time.monotonic())
-            msgs = self.receiver.drain(min(wait, 1.0)) if self.receiver else []
+            try:
+                msgs = self.receiver.drain(min(wait, 1.0)) if self.receiver else []
+            except Exception:  # whatever a peer sent, the loop goes on (the sweep finds any lost work)
+                log.exception("receiving hints failed; going on")
+                msgs = []
             if self.stopping.is_set():
                 break
             for _kind, body, _sender in msgs:
-                self.on_hint(body)
+                try:
+                    self.on_hint(body)
+                except Exception:
+                    log.exception("could not act on hint %s", body)
             now = time.monotonic()
             if now >= next_sweep or now >= self._retry_monotonic():
                 self.retry_at = float("inf")
                 self.sweep()
                 next_sweep = time.monotonic() + self.cfg.jobmanager.sweep_seconds
-                self.schedule()
+                self.guarded_schedule()
             elif msgs:
-                self.schedule()
+                self.guarded_schedule()
+
+    def guarded_schedule(self) -> None:
+        """``schedule()``, surviving any failure: MongoDB away (stopped, frozen) or a bug. The pass is
+        retried with exponential backoff (0.5 s doubling to 10 s) until it succeeds; placement is
+        level-triggered, so a pass that failed half-way loses nothing (docs/operations.md)."""
+        try:
+            self.schedule()
+        except Exception as exc:
+            if isinstance(exc, PyMongoError):
+                log.warning("MongoDB unavailable during a placement pass (%s); retrying in %.1fs", exc, self.backoff)
+            else:
+                log.exception("placement pass failed; retrying in %.1fs", self.backoff)
+            self.retry_at = min(self.retry_at, time.time() + self.backoff)
+            self.backoff = min(self.backoff * 2, MAX_BACKOFF_SECONDS)
+        else:
+            self.backoff = MIN_BACKOFF_SECONDS
 
     def _retry_monotonic(self) -> float:
         return time.monotonic() + (self.retry_at - time.time()) if self.retry_at != float("inf") else float("inf")
@@ -106,6 +141,10 @@ class JobManager:
             queue = self.store.jobs.queued()
             if not queue:
                 return placed_total
+            no_subnet = self.subnet_waits(queue)
+            if no_subnet:
+                # Nothing hints the JobManager when the GM removes a network: look again soon.
+                self.retry_at = min(self.retry_at, time.time() + SUBNET_RECHECK_SECONDS)
             workers = {w["_id"]: w for w in self.store.workers.ready()}
             options = self.options()
             running = None
@@ -114,9 +153,10 @@ class JobManager:
                     [JobState.SCHEDULED.value, JobState.RUNNING.value]) if not j.get("cancel_requested")]
             strategy = self.strategy()
             with PLACEMENT_SECONDS.labels(strategy).time():
-                plan = place([job_request_from_doc(j) for j in queue],
+                plan = place([job_request_from_doc(j) for j in queue if j["_id"] not in no_subnet],
                              [node_from_worker(w) for w in workers.values()], strategy, options,
                              time.time(), running)
+            plan.waiting.update(no_subnet)
             jobs = {j["_id"]: j for j in queue}
             lost_race = False
             for job_id, placement in plan.placed.items():
@@ -143,6 +183,11 @@ class JobManager:
             if not lost_race and not plan.preemptions:
                 break
         return placed_total
+
+    def subnet_waits(self, queue: list[dict[str, Any]]) -> dict[str, str]:
+        """Queued jobs whose overlay subnet cannot be had now (JobManager/subnets.py), with the reason."""
+        held, pending_auto = held_subnets(self.store.networks.active(), self.store.jobs.placed_networks())
+        return self.subnets.check(queue, held, pending_auto)
 
     def decided(self, job: dict[str, Any], strategy: str, decision: str, **data: Any) -> None:
         """Count a placement decision and put it on the job's timeline (before its claims)."""
@@ -187,7 +232,8 @@ class JobManager:
         by_node: dict[str, list[Alloc]] = {}
         for task, (node, cores) in placement.items():
             mem = job["tasks"][task]["mem_bytes"]
-            by_node.setdefault(node, []).append(Alloc(job_id, task, tuple(cores), mem, token))
+            ports = tuple(sorted(host_ports(job["tasks"][task])))
+            by_node.setdefault(node, []).append(Alloc(job_id, task, tuple(cores), mem, token, ports))
         claimed: list[tuple[str, list[Alloc]]] = []
         ok = True
         for node, allocs in by_node.items():
@@ -214,8 +260,40 @@ class JobManager:
             self.retry_at = min(self.retry_at, time.time() + 2.0)
 
     def deploy(self, job_id: str) -> None:
-        if self.gm.deploy(job_id):
+        """Ask the GM to deploy. A refusal for good (409) has already failed the job's tasks; a transient
+        failure (503: the engine did not answer; no answer at all) is retried with backoff, and after
+        ``DEPLOY_MAX_ATTEMPTS`` the job ends FAILED with the last error and its claims are released."""
+        status, message = self.gm.deploy(job_id)
+        if status is not None and status < 300:
             self.store.jobs.mark_dispatched(job_id)
+            return
+        if status == 409:
+            return
+        failures = self.store.jobs.deploy_failed(job_id, message, DEPLOY_BACKOFF_SECONDS)
+        if failures is None:
+            return
+        if failures >= DEPLOY_MAX_ATTEMPTS:
+            self.fail_job(job_id, f"deploy failed {failures} times; last error: {message}")
+            return
+        # Wake the loop for the re-send (resend() waits for both the backoff and redeploy_after_seconds).
+        delay = min(DEPLOY_BACKOFF_SECONDS[0] * 2 ** (failures - 1), DEPLOY_BACKOFF_SECONDS[1])
+        self.retry_at = min(self.retry_at, time.time() + max(delay, self.cfg.jobmanager.redeploy_after_seconds) + 0.1)
+
+    def fail_job(self, job_id: str, reason: str) -> None:
+        """End a placed job FAILED here (its not-started tasks never will be reported by anyone), release
+        their claims and stop whatever did start."""
+        job = self.store.jobs.get(job_id)
+        if job is None:
+            return
+        for task, t in job["tasks"].items():
+            if t["state"] in (TaskState.SCHEDULED.value, TaskState.PENDING.value) and self.store.jobs.transition_task(
+                    job_id, task, t["attempt"], TaskState.FAILED, reason=reason) and t.get("node"):
+                self.store.workers.release(t["node"], alloc_key(job_id, task), t.get("claim_token") or "")
+        self.store.jobs.request_cancel(job_id, reason)
+        self.store.jobs.refresh_state(job_id)
+        log.warning("%s FAILED: %s", job_id, reason)
+        self.calls.submit(self.gm.stop, job_id)
+        self.calls.submit(self.gm.cleanup, job_id)
 
     # ---- the sweep: level-triggered repair ----------------------------------------------------
     def sweep(self) -> None:
@@ -245,7 +323,7 @@ class JobManager:
                     released += 1
                     log.info("released leaked claim %s on %s", key, w["_id"])
         if released:
-            self.schedule()
+            self.guarded_schedule()
         return released
 
     @staticmethod
@@ -266,14 +344,15 @@ class JobManager:
         for w in self.store.workers.all():
             if w.get("remove_requested") and w.get("state") != "REMOVED":
                 self.calls.submit(self.remove_node, w["_id"])
-        for job in self.store.jobs.in_states([JobState.SCHEDULED.value, JobState.RUNNING.value]):
+        for job in self.store.jobs.in_states([JobState.SCHEDULED.value, JobState.RUNNING.value,
+                                              JobState.CANCELLING.value]):
             if job.get("cancel_requested"):
                 self.calls.submit(self.gm.stop, job["_id"])
                 continue
             stuck = [t for t in job["tasks"].values() if t["state"] == TaskState.SCHEDULED.value
                      and now - t["state_times"].get(TaskState.SCHEDULED.value, now)
                      > self.cfg.jobmanager.redeploy_after_seconds]
-            if stuck:
+            if stuck and (job.get("deploy_retry") or {}).get("at", 0) <= now:
                 self.calls.submit(self.deploy, job["_id"])
 
     def stop(self) -> None:

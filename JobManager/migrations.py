@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from Common.placement import JobRequest, SchedulerOptions, TaskRequest, place
-from Common.placement.snapshot import node_from_worker
+from Common.placement.snapshot import host_ports, node_from_worker
 from Common.states import TaskState
 from Common.store import Store
 from Common.store import migrations as mg
@@ -71,7 +71,8 @@ class MigrationPlacer:
             self.fail(m, f"no ready node to move to (asked for {m['request']})")
             return False
         request = JobRequest(job_id=m["job_id"], priority=job.get("priority", 0),
-                             tasks=[TaskRequest(name=m["task"], cores=t["req_cores"], mem=t["mem_bytes"])])
+                             tasks=[TaskRequest(name=m["task"], cores=t["req_cores"], mem=t["mem_bytes"],
+                                                ports=host_ports(t))])
         plan = place([request], [node_from_worker(w) for w in workers], self.strategy(), self.options())
         if m["job_id"] not in plan.placed:
             self.fail(m, plan.waiting.get(m["job_id"], "it fits no node"))
@@ -82,7 +83,7 @@ class MigrationPlacer:
         if self.store.migrations.col.update_one({"_id": m["_id"], "state": mg.REQUESTED, "token": None},
                                                 {"$set": {"token": token, "target": node}}).modified_count != 1:
             return False
-        alloc = Alloc(m["job_id"], m["task"], tuple(cores), t["mem_bytes"], token)
+        alloc = Alloc(m["job_id"], m["task"], tuple(cores), t["mem_bytes"], token, tuple(sorted(host_ports(t))))
         if self.store.workers.claim(node, [alloc]) is None:
             self.store.migrations.col.update_one({"_id": m["_id"], "state": mg.REQUESTED},
                                                  {"$set": {"token": None, "target": None}})

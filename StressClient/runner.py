@@ -27,7 +27,7 @@ from StressClient.client import FrontEnd
 from StressClient.records import JobRecord, Sample
 from StressClient.templates import Template, evm_count, job_shape
 
-ACTIVE_STATES = ("QUEUED", "SCHEDULED", "RUNNING")
+ACTIVE_STATES = ("QUEUED", "SCHEDULED", "RUNNING", "CANCELLING")
 
 
 @dataclass(frozen=True)

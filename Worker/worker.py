@@ -27,7 +27,7 @@ from Common.resources import parse_cpuset, parse_memory
 from Common.states import TASK_RANK, TASK_TERMINAL, TaskState
 from Common.store import Store
 from Common.store.jobs import container_name
-from Common.store.workers import DOWN, REMOVED
+from Common.store.workers import DOWN, READY, REMOVED
 from Worker.engine import Engine, Observed, StartFailed
 from Worker.epm_image import ImageError
 from Worker.evms import EvmSync, is_epm
@@ -35,6 +35,10 @@ from Worker.lifecycle import Lifecycle
 from Worker.volumes import job_paths
 
 log = logging.getLogger(__name__)
+
+ENGINE_DEAD_SECONDS = 30.0  # no engine answer for this long: stop heartbeating (the node is not alive)
+START_MAX_ATTEMPTS = 6  # transient engine errors creating a task's container: 1, 2, 4, 8, 16 s apart, then FAILED
+START_BACKOFF_SECONDS = 1.0
 
 
 class Worker:
@@ -47,6 +51,9 @@ class Worker:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.rejoin = threading.Event()  # marked DOWN (or missing) while we were away: re-register
+        self.engine_ok_at = time.monotonic()  # when the engine last answered a probe
+        # (job, task, attempt) -> (transient create failures, monotonic time of the next try)
+        self._retries: dict[tuple[str, str, int], tuple[int, float]] = {}
         # Ids of containers Docker said died. Its container list can still say "running" for a moment
         # after the event, so these are inspected (which reads the container's own state) instead.
         self._died: set[str] = set()
@@ -62,16 +69,23 @@ class Worker:
         cores = parse_cpuset(self.cfg.worker.cores) if self.cfg.worker.cores else list(range(ncpu))
         mem = parse_memory(self.cfg.worker.memory) if self.cfg.worker.memory else mem_total
         info = {"engine": engine_name, "ncpu": ncpu, "engine_memory": mem_total,
-                "docker_url": self.cfg.worker.docker_url}
+                "docker_url": self.cfg.worker.docker_url,
+                # lets the GM remove this node from the Swarm on the manager's side if its engine dies
+                "swarm_node_id": (self.engine.client.info().get("Swarm") or {}).get("NodeID") or None}
         doc = self.store.workers.register(self.name, cores, mem, info)
         log.info("registered %s: cores %s, memory %d bytes", self.name, cores, mem)
+        self.reports.send("hint", {"reason": "worker_up", "node": self.name})  # to the JobManager, via Discovery
         return doc
 
     # ---- threads that only wake the loop ------------------------------------------------------
     def _listen_hints(self, receiver: Receiver) -> None:
         while not self.stopping.is_set():
-            if receiver.recv(1.0) is not None:
-                self.wake.set()
+            try:
+                if receiver.recv(1.0) is not None:
+                    self.wake.set()
+            except Exception:  # whatever a peer sent, keep listening (the sweep runs passes anyway)
+                log.exception("receiving a hint failed; going on")
+                self.stopping.wait(0.5)
 
     def _watch_events(self) -> None:
         while not self.stopping.is_set():
@@ -85,33 +99,55 @@ class Worker:
                         self.wake.set()
                     if self.stopping.is_set():
                         return
-            except (docker.errors.DockerException, requests.RequestException) as exc:
+            except Exception as exc:  # the engine restarted or went away (any transport error)
                 log.warning("Docker events stream broke (%s); reconnecting", exc)
+            # The stream ended: events may have been missed (an engine restart kills its containers), so
+            # a pass reconciles whatever the engine holds now.
+            self.wake.set()
             self.stopping.wait(1.0)
 
     def _heartbeat(self) -> None:
-        """Beat only while this node's engine answers: a node without its engine is not alive."""
+        """Beat every ``heartbeat_seconds`` from this thread alone: it never waits for the engine or
+        MongoDB (a busy node whose engine answers slowly is alive). It stops beating only when the engine
+        has not answered any probe for ``ENGINE_DEAD_SECONDS``: a node without its engine is not alive."""
+        while not self.stopping.is_set():
+            if time.monotonic() - self.engine_ok_at < ENGINE_DEAD_SECONDS:
+                self.reports.send("heartbeat", {"node": self.name, "at": time.time()})
+            self.stopping.wait(self.cfg.worker.heartbeat_seconds)
+
+    def _probe(self) -> None:
+        """Probe the engine and this node's record (each may be slow or away) apart from the beats."""
         while not self.stopping.is_set():
             try:
                 self.engine.client.ping()
-                alive = True
-            except (docker.errors.DockerException, requests.RequestException):
-                alive = False
-            if alive:
-                self.reports.send("heartbeat", {"node": self.name, "at": time.time()})
-                try:
-                    state = (self.store.workers.get(self.name) or {}).get("state")
-                except Exception:  # MongoDB unreachable: try again at the next beat
-                    state = None
-                if state in (DOWN, None) or state == REMOVED:
-                    self.rejoin.set()
-                    self.wake.set()
+                if time.monotonic() - self.engine_ok_at > 2 * self.cfg.worker.heartbeat_seconds:
+                    log.info("the Docker engine answers again: reconciling")
+                    self.wake.set()  # the engine may have restarted: reconcile what it holds now
+                self.engine_ok_at = time.monotonic()
+            except (docker.errors.DockerException, requests.RequestException) as exc:
+                log.warning("the Docker engine does not answer: %s", exc)
+            try:
+                state = (self.store.workers.get(self.name) or {}).get("state")
+            except Exception:  # MongoDB unreachable: try again at the next probe
+                state = READY
+            if state in (DOWN, None) or state == REMOVED:
+                self.rejoin.set()
+                self.wake.set()
             self.stopping.wait(self.cfg.worker.heartbeat_seconds)
 
     def run(self, receiver: Receiver | None) -> None:
-        self.register()
+        backoff = 0.5
+        while not self.stopping.is_set():
+            try:
+                self.register()
+                break
+            except Exception as exc:  # MongoDB or the engine away at start: wait, do not die
+                log.warning("cannot register yet (%s); retrying in %.1fs", exc, backoff)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
         threads = [threading.Thread(target=self._watch_events, name="docker-events", daemon=True),
-                   threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)]
+                   threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True),
+                   threading.Thread(target=self._probe, name="engine-probe", daemon=True)]
         if receiver is not None:
             threads.append(threading.Thread(target=self._listen_hints, args=(receiver,), name="hints", daemon=True))
         for t in threads:
@@ -134,6 +170,12 @@ class Worker:
             except Exception:
                 log.exception("reconcile failed; retrying at the next pass")
             self.wake.wait(self.cfg.worker.sweep_seconds)
+
+    def wake_at(self, when: float) -> None:
+        """Run a pass at monotonic time ``when`` (a retry after backoff), whatever else wakes the loop."""
+        timer = threading.Timer(max(0.0, when - time.monotonic()), self.wake.set)
+        timer.daemon = True
+        timer.start()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -193,6 +235,8 @@ class Worker:
             if key not in observed:
                 work.append(partial(self.ensure_started, job, name, t))
         self._run_all(work)
+        for key in set(self._retries) - set(desired):
+            self._retries.pop(key, None)
         self.lifecycle.run(desired, observed)
         self.evms.observe({container_name(*key): (*key, desired[key][2]) for key, obs in observed.items()
                            if key in desired and is_epm(desired[key][2]) and obs.status not in ("exited", "dead")})
@@ -268,6 +312,10 @@ class Worker:
         net = self.store.networks.get(job_id)
         if net is None or net.get("state") != "created":
             return  # the GlobalManager has not made the job's network yet; its dispatch will wake us
+        key = (job_id, name, t["attempt"])
+        retry = self._retries.get(key)
+        if retry is not None and retry[1] > time.monotonic():
+            return  # backing off after a transient engine error (a timer wakes the loop for the retry)
         try:
             cid = self.engine.create(job_id, name, t, job["network"]["docker_name"],
                                      epm=self.evms.container_options(job, name, t), job_rels=job_paths(job))
@@ -275,6 +323,27 @@ class Worker:
             CONTAINER_STARTS.labels(self.name, "failed").inc()
             self.report(job_id, name, t["attempt"], TaskState.FAILED, reason=str(exc))
             return
+        except OSError as exc:  # a volume's host directory cannot be made (e.g. the path is a file)
+            CONTAINER_STARTS.labels(self.name, "failed").inc()
+            self.report(job_id, name, t["attempt"], TaskState.FAILED, reason=f"invalid mount: {exc}")
+            return
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            # Transient (the engine answered 5xx, timed out or restarted): retry with backoff, then fail.
+            n = (retry[0] if retry else 0) + 1
+            reason = f"{exc.explanation if isinstance(exc, docker.errors.APIError) else exc}"
+            if n >= START_MAX_ATTEMPTS:
+                self._retries.pop(key, None)
+                CONTAINER_STARTS.labels(self.name, "failed").inc()
+                self.report(job_id, name, t["attempt"], TaskState.FAILED,
+                            reason=f"the engine failed {n} times to create the container; last error: {reason}")
+                return
+            delay = min(START_BACKOFF_SECONDS * 2 ** (n - 1), 60.0)
+            self._retries[key] = (n, time.monotonic() + delay)
+            log.warning("creating %s/%s#%d failed (%s); retry %d in %.0fs", job_id, name, t["attempt"], reason,
+                        n, delay)
+            self.wake_at(time.monotonic() + delay)
+            return
+        self._retries.pop(key, None)
         self.report(job_id, name, t["attempt"], TaskState.STARTING, container_id=cid)
         self.start(job_id, name, t, cid)
 

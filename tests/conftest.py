@@ -123,9 +123,9 @@ def idle_cluster(api: Api, store: Store) -> Iterator[None]:
 
 
 def _cancel_all(api: Api, store: Store) -> None:
-    active = store.jobs.in_states(["QUEUED", "SCHEDULED", "RUNNING"])
+    active = store.jobs.in_states(["QUEUED", "SCHEDULED", "RUNNING", "CANCELLING"])
     for job in active:
         api.delete(f"/jobs/{job['_id']}")
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and store.jobs.in_states(["QUEUED", "SCHEDULED", "RUNNING"]):
+    while time.monotonic() < deadline and store.jobs.in_states(["QUEUED", "SCHEDULED", "RUNNING", "CANCELLING"]):
         time.sleep(0.2)

@@ -101,3 +101,22 @@ def containers_of(cluster: str, job_id: str | None = None, all_: bool = True) ->
 def networks_named(name: str) -> list[str]:
     out = subprocess.run(["docker", "network", "ls", "--format", "{{.Name}}"], capture_output=True, text=True)
     return [n for n in out.stdout.split() if n == name]
+
+
+def actor_pid(cfg: Any, name: str) -> int:
+    """The pid of a process the deployment runs ("mongo", "worker", "discovery", ...): the one place tests
+    look processes up, so that a change in how they are started or supervised is made here only."""
+    import Management
+
+    pid = Management.Processes(cfg).alive(name)
+    assert pid is not None, f"{name} is not running"
+    return pid
+
+
+def signal_actor(cfg: Any, name: str, sig: int) -> int:
+    """Send ``sig`` (SIGSTOP, SIGCONT, SIGKILL) to that process's group, as a real fault would hit it."""
+    import os
+
+    pid = actor_pid(cfg, name)
+    os.killpg(pid, sig)
+    return pid

@@ -76,7 +76,7 @@ def test_cluster_gauges_and_histogram_buckets(system: Config, store) -> None:
     assert value(fe, "rswarm_worker_cores", node=w["_id"]) == len(w["cores"])
     assert value(fe, "rswarm_workers", state="READY") >= 1
     assert {lab["state"] for n, lab, _ in fe if n == "rswarm_jobs"} == {
-        "QUEUED", "SCHEDULED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"}
+        "QUEUED", "SCHEDULED", "RUNNING", "CANCELLING", "COMPLETED", "FAILED", "CANCELLED"}
     assert {lab["state"] for n, lab, _ in fe if n == "rswarm_evms"} >= {"PENDING", "READY"}
     buckets = sorted({float(lab["le"]) for n, lab, _ in fe if n == "rswarm_mongo_operation_seconds_bucket"})
     # Seconds, fitted to the real range: sub-millisecond to a few seconds.

@@ -17,7 +17,7 @@ from Common import messaging
 from Common.config import ConfigError, load
 from Common.keys import Keyring, node_key, worker_keyring, write_key_file
 from Common.resources import format_cpuset, parse_cpuset, parse_memory
-from Common.states import JobState, TaskState, derive_job_state, task_states_before
+from Common.states import JobState, TaskState, derive_job_state, job_states_before, task_states_before
 
 MASTER = "unit-test-master-token"
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +29,13 @@ def test_task_states_only_move_forward() -> None:
     assert "RUNNING" not in task_states_before(TaskState.RUNNING)
     for terminal in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.LOST):
         assert not {"COMPLETED", "FAILED", "CANCELLED", "LOST"} & set(task_states_before(terminal))
+
+
+def test_cancelling_lies_between_running_and_the_job_end_states() -> None:
+    assert "CANCELLING" not in job_states_before(JobState.CANCELLING)
+    assert "RUNNING" in job_states_before(JobState.CANCELLING)
+    for end in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED):
+        assert "CANCELLING" in job_states_before(end)
 
 
 @pytest.mark.parametrize(("tasks", "job"), [
@@ -44,6 +51,17 @@ def test_task_states_only_move_forward() -> None:
 ])
 def test_job_state_follows_its_tasks(tasks: list[str], job: JobState) -> None:
     assert derive_job_state([TaskState(s) for s in tasks]) == job
+
+
+@pytest.mark.parametrize(("tasks", "job"), [
+    (["RUNNING", "RUNNING"], JobState.CANCELLING),
+    (["LOST", "RUNNING"], JobState.CANCELLING),
+    (["LOST", "CANCELLED"], JobState.CANCELLED),
+    (["FAILED", "COMPLETED"], JobState.CANCELLED),
+])
+def test_a_user_cancelled_job_is_cancelling_then_cancelled_whatever_its_tasks_did(tasks: list[str],
+                                                                                   job: JobState) -> None:
+    assert derive_job_state([TaskState(s) for s in tasks], user_cancelled=True) == job
 
 
 # ---- resources --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ class Node:
     mem_total: int = 0
     cores: list[int] = field(default_factory=list)
     held: dict[int, str] = field(default_factory=dict)
+    ports: dict[str, str] = field(default_factory=dict)  # host port in use ("3000/tcp") -> "job:task"
 
     def __post_init__(self) -> None:
         if not self.cores:
@@ -31,7 +32,7 @@ class Node:
 
     def copy(self) -> Node:
         return Node(self.name, list(self.free), self.mem_free, self.capacity_cores, self.mem_total,
-                    list(self.cores), dict(self.held))
+                    list(self.cores), dict(self.held), dict(self.ports))
 
     def empty(self) -> Node:
         """The same worker with nothing running on it (for "could this job ever fit")."""
@@ -45,6 +46,7 @@ class TaskRequest:
     mem: int
     node: str | None = None  # manual placement: this node ...
     cpuset: tuple[int, ...] | None = None  # ... and exactly these cores
+    ports: frozenset[str] = frozenset()  # host ports it publishes ("3000/tcp"): a per-node resource
 
     @property
     def pinned(self) -> bool:
@@ -65,6 +67,11 @@ class JobRequest:
     @property
     def pinned(self) -> bool:
         return any(t.pinned for t in self.tasks)
+
+    @property
+    def publishes(self) -> bool:
+        """Some task publishes host ports (placed whole by feasibility, never re-packed by count)."""
+        return any(t.ports for t in self.tasks)
 
 
 @dataclass(frozen=True)

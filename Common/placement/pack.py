@@ -301,10 +301,12 @@ class MinSlack(Strategy):
         plan = Plan()
         state = p.state
         ordered = fifo(jobs)
-        for job in (j for j in ordered if j.pinned):
+        # Pinned jobs and jobs publishing host ports are placed whole first: the re-packing below counts
+        # cores and memory only, and must not put two users of one host port on one node.
+        for job in (j for j in ordered if j.pinned or j.publishes):
             plan.order.append(job.job_id)
             record(plan, job.job_id, place_job(job, state, state.best_fit, decreasing(job.tasks)))
-        batch = [j for j in ordered if not j.pinned]
+        batch = [j for j in ordered if not j.pinned and not j.publishes]
         outcomes, order = place_batch_decreasing(batch, state, state.best_fit)
         plan.order.extend(order)
         admitted: list[tuple[str, TaskRequest, int]] = []  # (job, task, node index chosen by BFD)

@@ -64,7 +64,8 @@ def place_task(state: ClusterState, task: TaskRequest, score: Score, who: str) -
     """Feasibility, score and fit for one task; takes its cores and memory. None if it fits nowhere."""
     if task.node is not None:
         i = state.index.get(task.node)
-        if i is None or state.blocked[i] or state.mem[i] < task.mem or state.nfree[i] < task.cores:
+        if (i is None or state.blocked[i] or state.mem[i] < task.mem or state.nfree[i] < task.cores
+                or not state.ports_free(i, task.ports)):
             return None
         if task.cpuset is not None:
             if not set(task.cpuset) <= set(state.free[i]):
@@ -73,27 +74,50 @@ def place_task(state: ClusterState, task: TaskRequest, score: Score, who: str) -
         else:
             chosen = pick_cores(state.free[i], task.cores)  # type: ignore[assignment]
     else:
-        found = score(task.cores, task.mem)
+        found = score_with_ports(state, task, score)
         if found is None:
             return None
         i = found
         chosen = pick_cores(state.free[i], task.cores)  # type: ignore[assignment]
     state.take(i, chosen, task.mem, who)
+    state.take_ports(i, task.ports, who)
     return i, chosen
+
+
+def score_with_ports(state: ClusterState, task: TaskRequest, score: Score) -> int | None:
+    """Feasibility for host ports: the nodes where one of the task's ports is in use are kept out of the
+    strategy's index for this one question (blocked, then unblocked), so its choice is unchanged among
+    the rest. Costs nothing for the (usual) task that publishes no host port."""
+    if not task.ports:
+        return score(task.cores, task.mem)
+    clash = [i for i in range(len(state)) if not state.blocked[i] and not state.ports_free(i, task.ports)]
+    for i in clash:
+        state.block(i)
+    try:
+        return score(task.cores, task.mem)
+    finally:
+        for i in clash:
+            state.unblock(i)
+
+
+def give_task(state: ClusterState, i: int, chosen: list[int], task: TaskRequest) -> None:
+    """Undo ``place_task``: its cores, memory and host ports."""
+    state.give(i, chosen, task.mem)
+    state.give_ports(i, task.ports)
 
 
 def place_job(job: JobRequest, state: ClusterState, score: Score, tasks: list[TaskRequest] | None = None) -> Outcome:
     """Place every task of ``job`` (pinned ones first, then in ``tasks`` order) or none of them."""
-    taken: list[tuple[int, list[int], int]] = []
+    taken: list[tuple[int, list[int], TaskRequest]] = []
     result: dict[str, tuple[str, list[int]]] = {}
     for task in pinned_first(tasks if tasks is not None else job.tasks):
         got = place_task(state, task, score, f"{job.job_id}:{task.name}")
         if got is None:
             reason = reasons.task_reason(job, task, state, len(taken))
-            for i, chosen, mem in reversed(taken):
-                state.give(i, chosen, mem)
+            for i, chosen, t in reversed(taken):
+                give_task(state, i, chosen, t)
             return reason
-        taken.append((got[0], got[1], task.mem))
+        taken.append((got[0], got[1], task))
         result[task.name] = (state.names[got[0]], got[1])
     return result
 
@@ -125,7 +149,7 @@ def place_batch_decreasing(jobs: list[JobRequest], state: ClusterState, score: S
             reason = reasons.task_reason(job, task, state, len(taken[jp]))
             if taken[jp]:
                 for i, chosen, t in reversed(taken[jp]):
-                    state.give(i, chosen, t.mem)
+                    give_task(state, i, chosen, t)
                 taken[jp] = []
                 give_backs += 1
             failed[jp] = (reason, give_backs)  # its own give-back cannot help it
@@ -159,7 +183,7 @@ def capacity_reason(job: JobRequest, capacity: ClusterState) -> str | None:
         if not isinstance(outcome, str):
             for name, (node, chosen) in outcome.items():
                 task = next(t for t in job.tasks if t.name == name)
-                capacity.give(capacity.index[node], chosen, task.mem)
+                give_task(capacity, capacity.index[node], chosen, task)
             return None
         reason = outcome
     return reason

@@ -10,7 +10,7 @@ evict its evictor in return. At most one preemption per pass: the JobManager re-
 from __future__ import annotations
 
 from Common.placement.model import JobRequest, Plan, Preemption, RunningJob
-from Common.placement.pipeline import Pass, decreasing, place_job
+from Common.placement.pipeline import Pass, decreasing, give_task, place_job
 from Common.placement.state import ClusterState
 
 
@@ -39,7 +39,7 @@ def _fits(job: JobRequest, state: ClusterState) -> dict[str, tuple[str, list[int
         return None
     for name, (node, chosen) in outcome.items():
         task = next(t for t in job.tasks if t.name == name)
-        state.give(state.index[node], chosen, task.mem)
+        give_task(state, state.index[node], chosen, task)
     return outcome
 
 

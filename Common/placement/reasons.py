@@ -58,13 +58,29 @@ def unpinned_task(task: TaskRequest, state: ClusterState) -> str:
 
 def task_reason(job: JobRequest, task: TaskRequest, state: ClusterState, placed_siblings: int) -> str:
     """Why ``task`` of ``job`` fits nowhere in ``state`` (with ``placed_siblings`` tentatively placed)."""
-    text = pinned_task(task, state) if task.pinned else unpinned_task(task, state)
+    text = ports_reason(task, state) or (pinned_task(task, state) if task.pinned else unpinned_task(task, state))
     if len(job.tasks) > 1:
         gang = f"its {len(job.tasks)} tasks run together or not at all"
         if placed_siblings:
             gang += f"; once {placed_siblings} of them are placed"
         text = f"{gang}: {text}"
     return text
+
+
+def ports_reason(task: TaskRequest, state: ClusterState) -> str | None:
+    """When host ports are what keeps ``task`` out (some node has room for it, but on every such node
+    one of its ports is in use): which ports and who holds them. None otherwise."""
+    if not task.ports:
+        return None
+    room = [i for i in range(len(state)) if not state.blocked[i] and state.nfree[i] >= task.cores
+            and state.mem[i] >= task.mem and (task.node is None or state.names[i] == task.node)]
+    if not room or any(state.ports_free(i, task.ports) for i in room):
+        return None
+    held = sorted({f"{p} on {state.names[i]} by {state.ports[i][p]}" for i in room for p in task.ports
+                   if p in state.ports[i]})
+    return (f"task {task.name} publishes host port{'s' if len(task.ports) > 1 else ''} "
+            f"{', '.join(sorted(task.ports))}, in use on every node with room for it ({'; '.join(held)}); "
+            "it waits for them to be free")
 
 
 def never(reason: str) -> str:

@@ -14,8 +14,21 @@ def node_from_worker(doc: dict[str, Any], empty: bool = False) -> Node:
     cores = sorted(doc["cores"])
     if empty:
         return Node(doc["_id"], cores, doc["mem_total"], len(cores), doc["mem_total"], cores)
-    held = {c: key for key, a in (doc.get("allocations") or {}).items() for c in a.get("cores", [])}
-    return Node(doc["_id"], sorted(doc["free_cores"]), doc["mem_free"], len(cores), doc["mem_total"], cores, held)
+    allocs = doc.get("allocations") or {}
+    held = {c: key for key, a in allocs.items() for c in a.get("cores", [])}
+    ports = {p: key for key, a in allocs.items() for p in a.get("ports", [])}
+    return Node(doc["_id"], sorted(doc["free_cores"]), doc["mem_free"], len(cores), doc["mem_total"], cores, held,
+                ports)
+
+
+def host_ports(task: dict[str, Any]) -> frozenset[str]:
+    """The host ports a task publishes, as "3000/tcp" (a port left to Docker to choose is no constraint)."""
+    out = set()
+    for container_port, host in (task.get("ports") or {}).items():
+        if host is not None:
+            proto = container_port.partition("/")[2] or "tcp"
+            out.add(f"{int(host)}/{proto}")
+    return frozenset(out)
 
 
 def job_request(job_id: str, priority: int, tasks: dict[str, dict[str, Any]], submitted: float = 0.0) -> JobRequest:
@@ -23,7 +36,8 @@ def job_request(job_id: str, priority: int, tasks: dict[str, dict[str, Any]], su
     for name, t in tasks.items():
         cpuset = t.get("cpuset_request")
         reqs.append(TaskRequest(name=name, cores=t["req_cores"], mem=t["mem_bytes"],
-                                node=t.get("node_request"), cpuset=tuple(cpuset) if cpuset else None))
+                                node=t.get("node_request"), cpuset=tuple(cpuset) if cpuset else None,
+                                ports=host_ports(t)))
     return JobRequest(job_id=job_id, tasks=reqs, priority=priority, submitted=submitted)
 
 

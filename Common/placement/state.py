@@ -29,6 +29,7 @@ class ClusterState:
         self._ff: FirstFitTree | None = None
         self._bf: BestFitBuckets | None = None
         self.holders: dict[tuple[int, int], str] = {}  # (node, core) -> "job:task" taken in this pass
+        self.ports: list[dict[str, str]] = [dict(n.ports) for n in self.nodes]  # host port -> "job:task"
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -80,6 +81,21 @@ class ClusterState:
         self.nfree[i] = len(self.free[i])
         self.mem[i] += mem
         self._moved(i, old)
+
+    # ---- host ports: a per-node resource, kept beside the cores ------------------------------------
+    def ports_free(self, i: int, ports: frozenset[str]) -> bool:
+        return not ports or not any(p in self.ports[i] for p in ports)
+
+    def take_ports(self, i: int, ports: frozenset[str], who: str) -> None:
+        busy = [p for p in ports if p in self.ports[i]]
+        if busy:
+            raise OverCommit(f"{self.names[i]}: host ports {busy} are in use")
+        for p in ports:
+            self.ports[i][p] = who
+
+    def give_ports(self, i: int, ports: frozenset[str]) -> None:
+        for p in ports:
+            self.ports[i].pop(p, None)
 
     def block(self, i: int) -> None:
         if not self.blocked[i]:

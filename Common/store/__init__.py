@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import pymongo
@@ -54,6 +56,9 @@ class Store:
             appname=app_name,
             serverSelectionTimeoutMS=int(cfg.mongo.timeout_seconds * 1000),
             connectTimeoutMS=int(cfg.mongo.timeout_seconds * 1000),
+            # A frozen server (SIGSTOP) accepts connections and never answers: without a socket timeout
+            # every call would hang for ever. 4x the timeout leaves room for slow big queries.
+            socketTimeoutMS=int(cfg.mongo.timeout_seconds * 4000),
             tz_aware=True,
             event_listeners=[mongo_listener()],  # rswarm_mongo_operation_seconds
             **embedded_options(cfg),
@@ -68,6 +73,19 @@ class Store:
         self.evms.ensure_indexes()
         self.migrations.ensure_indexes()
         self.checkpoints.ensure_indexes()
+
+    def ensure_indexes_retrying(self, log: logging.Logger) -> None:
+        """``ensure_indexes`` at an actor's start, waiting (backoff 0.5 s doubling to 10 s) while MongoDB is
+        away, so that an actor (re)started during a database outage waits for it instead of dying."""
+        delay = 0.5
+        while True:
+            try:
+                self.ensure_indexes()
+                return
+            except pymongo.errors.PyMongoError as exc:
+                log.warning("MongoDB unavailable at start (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     def ping(self) -> bool:
         try:

@@ -21,6 +21,7 @@ from Common.resources import format_cpuset
 from Common.states import (
     JOB_RANK,
     JOB_TERMINAL,
+    TASK_TERMINAL,
     JobState,
     TaskState,
     derive_job_state,
@@ -146,6 +147,11 @@ class JobStore:
     def in_states(self, states: list[str]) -> list[dict[str, Any]]:
         return list(self.col.find({"state": {"$in": states}}))
 
+    def placed_networks(self) -> list[dict[str, Any]]:
+        """``_id`` and ``network`` of every placed, unfinished job (for subnet accounting)."""
+        placed = [JobState.SCHEDULED.value, JobState.RUNNING.value, JobState.CANCELLING.value]
+        return list(self.col.find({"state": {"$in": placed}}, {"network": 1}))
+
     def count_by_state(self) -> dict[str, int]:
         return {d["_id"]: d["n"] for d in self.col.aggregate([{"$group": {"_id": "$state", "n": {"$sum": 1}}}])}
 
@@ -202,7 +208,22 @@ class JobStore:
         return False
 
     def mark_dispatched(self, job_id: str) -> None:
-        self.col.update_one({"_id": job_id}, {"$set": {"dispatched_at": time.time()}})
+        self.col.update_one({"_id": job_id}, {"$set": {"dispatched_at": time.time(), "deploy_retry": None}})
+
+    def deploy_failed(self, job_id: str, error: str, backoff: tuple[float, float]) -> int | None:
+        """Count a transient deploy failure of a placed job and set when to retry (exponential backoff
+        between ``backoff`` = (first, cap) seconds). Returns the failures so far, or None if not placed."""
+        doc = self.col.find_one_and_update(
+            {"_id": job_id, "state": {"$in": [JobState.SCHEDULED.value, JobState.RUNNING.value]}},
+            {"$inc": {"deploy_failures": 1}, "$set": {"deploy_error": error}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            return None
+        n = doc["deploy_failures"]
+        delay = min(backoff[0] * 2 ** (n - 1), backoff[1])
+        self.col.update_one({"_id": job_id}, {"$set": {"deploy_retry": {"at": time.time() + delay, "n": n}}})
+        return n
 
     def requeue_preempted(self, job_id: str, by: str, reason: str) -> dict[str, Any] | None:
         """Send a placed job back to the queue because ``by`` evicts it (preemption).
@@ -221,6 +242,7 @@ class JobStore:
         guard: dict[str, Any] = {"_id": job_id, "state": doc["state"], "cancel_requested": False}
         update: dict[str, Any] = {"state": JobState.QUEUED.value, "state_times": {JobState.QUEUED.value: now},
                                   "nodes": [], "lease": None, "reason": reason, "dispatched_at": None,
+                                  "deploy_failures": 0, "deploy_retry": None,
                                   "last_preempted": {"by": by, "at": now}}
         history = []
         for name, t in doc["tasks"].items():
@@ -267,7 +289,8 @@ class JobStore:
         now = time.time()
         guard: dict[str, Any] = {"_id": job_id, "state": doc["state"], "cancel_requested": False}
         update: dict[str, Any] = {"state": JobState.QUEUED.value, "state_times": {JobState.QUEUED.value: now},
-                                  "nodes": [], "lease": None, "reason": reason, "dispatched_at": None}
+                                  "nodes": [], "lease": None, "reason": reason, "dispatched_at": None,
+                                  "deploy_failures": 0, "deploy_retry": None}
         history = []
         for name, t in doc["tasks"].items():
             guard[f"tasks.{name}.attempt"] = t["attempt"]
@@ -383,11 +406,12 @@ class JobStore:
 
     def refresh_state(self, job_id: str) -> tuple[str | None, str | None]:
         """Advance the job's state to what its tasks imply. Returns (before, after); equal if unchanged."""
-        doc = self.col.find_one({"_id": job_id}, {"state": 1, "tasks": 1})
+        doc = self.col.find_one({"_id": job_id}, {"state": 1, "tasks": 1, "user_cancelled": 1})
         if doc is None:
             return None, None
         before = JobState(doc["state"])
-        after = derive_job_state([TaskState(t["state"]) for t in doc["tasks"].values()])
+        after = derive_job_state([TaskState(t["state"]) for t in doc["tasks"].values()],
+                                 bool(doc.get("user_cancelled")))
         if JOB_RANK[after] <= JOB_RANK[before]:
             return before.value, before.value
         now = time.time()
@@ -400,13 +424,43 @@ class JobStore:
             return before.value, after.value
         return before.value, before.value
 
-    def request_cancel(self, job_id: str, reason: str) -> dict[str, Any] | None:
-        """Ask for a job to stop. The caller cancels unplaced tasks; Workers stop placed ones."""
+    def request_cancel(self, job_id: str, reason: str, by_user: bool = False) -> dict[str, Any] | None:
+        """Ask for a job to stop. The caller cancels unplaced tasks; Workers stop placed ones.
+
+        ``by_user`` (DELETE /jobs/{id}): the job moves to CANCELLING and will end CANCELLED whatever
+        happens to its containers meanwhile, unless it was already being stopped because a task failed
+        (then it ends FAILED, as it would have). Otherwise (a failed sibling, too many restarts) only
+        ``cancel_requested`` is set and the job ends as its tasks do.
+        """
+        if by_user:
+            now = time.time()
+            doc = self.col.find_one_and_update(
+                {"_id": job_id, "cancel_requested": False,
+                 "state": {"$in": job_states_before(JobState.CANCELLING)}},
+                {"$set": {"cancel_requested": True, "user_cancelled": True, "cancel_reason": reason,
+                          "reason": reason, "state": JobState.CANCELLING.value,
+                          f"state_times.{JobState.CANCELLING.value}": now}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is not None:
+                self.events.record("job_state", job_id, state=JobState.CANCELLING.value, reason=reason)
+                return doc
         return self.col.find_one_and_update(
             {"_id": job_id, "state": {"$nin": [s.value for s in JOB_TERMINAL]}},
             {"$set": {"cancel_requested": True, "cancel_reason": reason, "reason": reason}},
             return_document=ReturnDocument.AFTER,
         )
+
+    def lose_tasks_on(self, job_id: str, node: str, reason: str) -> list[tuple[str, int]]:
+        """Record LOST every unfinished task of ``job_id`` on ``node`` (a dead node that will never report
+        them). Returns the (task, attempt) pairs that moved, whose claims the caller releases."""
+        doc = self.get(job_id)
+        moved: list[tuple[str, int]] = []
+        for name, t in (doc or {}).get("tasks", {}).items():
+            if (t.get("node") == node and t["state"] not in {s.value for s in TASK_TERMINAL}
+                    and self.transition_task(job_id, name, t["attempt"], TaskState.LOST, reason=reason)):
+                moved.append((name, t["attempt"]))
+        return moved
 
     def cancel_unplaced(self, job_id: str, reason: str) -> None:
         """Cancel every task that has no node yet (placed tasks are the Workers' to stop)."""

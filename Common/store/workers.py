@@ -1,7 +1,7 @@
 """Worker records and resource claims (OpenStack placement style).
 
 A worker document holds its capacity, its free cores and memory, and one *allocation* per task placed
-on it (``allocations["<job_id>:<task>"] = {cores, mem, token}``; bounded: each holds at least one
+on it (``allocations["<job_id>:<task>"] = {cores, mem, token, ports}``; bounded: each holds at least one
 core). A claim is a conditional update on the worker's ``generation``: if anything changed since the
 caller's snapshot the update matches nothing, the caller re-reads and either claims the same cores
 (still free) or gives up and re-plans. A release is guarded by the allocation's token, so it happens
@@ -39,13 +39,20 @@ class Alloc:
     cores: tuple[int, ...]
     mem: int
     token: str
+    ports: tuple[str, ...] = ()  # host ports the task publishes ("3000/tcp"), held like its cores
 
     @property
     def key(self) -> str:
         return alloc_key(self.job_id, self.task)
 
     def doc(self) -> dict[str, Any]:
-        return {"cores": list(self.cores), "mem": self.mem, "token": self.token, "at": time.time()}
+        return {"cores": list(self.cores), "mem": self.mem, "token": self.token, "at": time.time(),
+                "ports": list(self.ports)}
+
+
+def ports_in_use(doc: dict[str, Any]) -> set[str]:
+    """The host ports the worker's allocations hold (a release gives them back with the allocation)."""
+    return {p for a in (doc.get("allocations") or {}).values() for p in a.get("ports", [])}
 
 
 class WorkerStore:
@@ -122,12 +129,15 @@ class WorkerStore:
         """
         want_cores = {c for a in allocs for c in a.cores}
         want_mem = sum(a.mem for a in allocs)
+        want_ports = [p for a in allocs for p in a.ports]
         doc = snapshot
         for _ in range(self.max_claim_attempts):
             if doc is None:
                 doc = self.col.find_one({"_id": name})
+            # Host ports are guarded like cores: checked on this snapshot, written under its generation.
             if (doc is None or doc.get("state") != READY or not want_cores <= set(doc["free_cores"])
-                    or want_mem > doc["mem_free"] or any(a.key in doc["allocations"] for a in allocs)):
+                    or want_mem > doc["mem_free"] or any(a.key in doc["allocations"] for a in allocs)
+                    or len(set(want_ports)) < len(want_ports) or set(want_ports) & ports_in_use(doc)):
                 CLAIMS.labels(name, "refused").inc()
                 return None
             free = set(doc["free_cores"])
@@ -263,7 +273,7 @@ class WorkerStore:
                 gone.append(doc["_id"])
         return gone
 
-    def mark_removed(self, name: str) -> None:
+    def mark_removed(self, name: str, forced: bool = False) -> None:
         self.col.update_one({"_id": name}, {"$set": {"state": REMOVED, "removed_at": time.time()},
                                             "$inc": {"generation": 1}})
-        self.events.record("node_removed", node=name)
+        self.events.record("node_removed", node=name, forced=forced)
