@@ -74,8 +74,8 @@ _ENVELOPE = {"v", "kind", "to", "ts", "ctr", "body"}
 # What each sender may send to each receiver: receiver role -> sender role -> kinds. A Worker ("worker")
 # only reports to Discovery, about its own node; only the control plane hints the JobManager (which
 # acts on hints) and Discovery (a drain), and only the GlobalManager dispatches to Workers.
-WORKER_REPORTS = frozenset({"heartbeat", "task_status", "task_applied", "migration_status", "evm_status",
-                            "epm_removed"})
+WORKER_REPORTS = frozenset({"heartbeat", "worker_up", "task_status", "task_applied", "migration_status",
+                            "evm_status", "epm_removed"})
 ACCEPT: dict[str, dict[str, frozenset[str]]] = {
     "discovery": {"worker": WORKER_REPORTS, "frontend": frozenset({"hint"}),
                   "globalmanager": frozenset({"task_status"})},
@@ -93,6 +93,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "hint": {"reason": ((str,), True), "job_id": ((str,), False), "node": ((str,), False)},
     "dispatch": {"reason": ((str,), True), "job_id": ((str,), False)},
     "heartbeat": {"node": ((str,), True), "at": ((int, float), True)},
+    # a Worker (re)registered with its cores free: Discovery hints the JobManager (workers may not hint it)
+    "worker_up": {"node": ((str,), True), "at": ((int, float), True)},
     "task_applied": {
         "job_id": ((str,), True),
         "task": ((str,), True),

@@ -102,7 +102,7 @@ class Discovery:
             self.on_task_status(body)
         elif kind == "hint" and body.get("node") and body["reason"] == "worker_drained":
             self.evacuate(body["node"], "node drained")
-        elif kind == "hint" and body.get("node") and body["reason"] == "worker_up":
+        elif kind == "worker_up":
             # A Worker (re)registered, with its cores free again: waiting jobs may fit now.
             self.hint("worker_up")
         elif kind == "evm_status":

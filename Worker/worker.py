@@ -74,7 +74,7 @@ class Worker:
                 "swarm_node_id": (self.engine.client.info().get("Swarm") or {}).get("NodeID") or None}
         doc = self.store.workers.register(self.name, cores, mem, info)
         log.info("registered %s: cores %s, memory %d bytes", self.name, cores, mem)
-        self.reports.send("hint", {"reason": "worker_up", "node": self.name})  # to the JobManager, via Discovery
+        self.reports.send("worker_up", {"node": self.name, "at": time.time()})  # Discovery hints the JobManager
         return doc
 
     # ---- threads that only wake the loop ------------------------------------------------------

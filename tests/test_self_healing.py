@@ -201,9 +201,10 @@ def test_tasks_whose_containers_vanished_while_their_worker_was_away_end_on_its_
     cancelled = api.submit(task_job({"t": sleeper(120)}, name="ghost-cancelled"))
     api.wait_tasks(plain, "RUNNING", timeout=120)
     api.wait_tasks(cancelled, "RUNNING", timeout=120)
-    signal_actor(system, "worker", signal.SIGKILL)
-    wait_for("the worker to die", lambda: Management.Processes(system).alive("worker") is None, 30)
-    # The node is rebuilt under the same name: none of its containers exist any more.
+    # The node goes away (its Worker stopped through supervisord, which then leaves it stopped) and is
+    # rebuilt under the same name: none of its containers exist any more.
+    assert Management.Processes(system).stop("worker")
+    wait_for("the worker to be gone", lambda: Management.Processes(system).alive("worker") is None, 30)
     ids = [c["Id"] for c in containers_of(TEST_CLUSTER)]
     subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=True)
     r = api.delete(f"/jobs/{cancelled}")
