@@ -372,11 +372,16 @@ def status(cfg: Config) -> dict[str, Any]:
              "jobmanager": cfg.jobmanager.hint_port, "discovery": cfg.discovery.port,
              "mongo": cfg.mongo.embedded_port if not cfg.mongo.uri else None, "worker": None, "dockerd": None}
     sup = procs.sup.status()
-    out["supervisor"] = {"alive": procs.sup.answers(), "pid": procs.sup.daemon_pid(), "socket": str(procs.sup.sock),
+    answers = procs.sup.answers()
+    out["supervisor"] = {"alive": answers, "pid": procs.sup.daemon_pid(), "socket": str(procs.sup.sock),
                          "config": str(procs.sup.conf), "log": str(procs.log_dir / "supervisord.log")}
+    orphans = {} if answers else procs.sup.unsupervised()  # supervisord killed under its programs
     for name in ("dockerd", "mongo", *ACTORS):
         s = sup.get(name)
-        pid = (s["pid"] if s["state"] in supervise.ALIVE_STATES else None) if s else procs.alive(name)
+        if name in orphans:
+            s = {"state": "UNSUPERVISED", "pid": orphans[name], "uptime": None, "restarts": 0}
+        pid = (s["pid"] if s["state"] in (*supervise.ALIVE_STATES, "UNSUPERVISED") else None) if s \
+            else procs.alive(name)
         if name == "dockerd" and pid is None and procs.record(name) is None:
             continue
         if name == "mongo" and cfg.mongo.uri:
@@ -386,7 +391,7 @@ def status(cfg: Config) -> dict[str, Any]:
         out["processes"][name] = {"alive": pid is not None, "pid": pid, "port": ports.get(name),
                                   "log": str(procs.log_dir / f"{name}.log"),
                                   "state": s["state"] if s else ("RUNNING" if pid else "STOPPED"),
-                                  "supervised": s is not None,
+                                  "supervised": s is not None and name not in orphans,
                                   "uptime": round(s["uptime"], 1) if s and s["uptime"] is not None else None,
                                   "restarts": s["restarts"] if s else 0}
     out["status_page"] = f"{cfg.frontend_url}/status"

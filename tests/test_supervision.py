@@ -222,11 +222,18 @@ def test_down_leaves_no_process_of_the_deployment(private_env: dict[str, str], t
         tree = [daemon, *_descendants(daemon)]  # the listener, every program, gunicorn's workers
         assert len(tree) >= 1 + 1 + 6 + 2  # supervisord, listener, 6 programs, at least one gunicorn worker each
         assert set(_marked(sup.sock)) == set(tree) - {daemon}
+        # No secret in supervisord's config nor in any process's argv (what `ps` shows).
+        token = (run / "api_token").read_text().strip()
+        assert token not in sup.conf.read_text()
+        assert not [p for p in tree if token.encode() in Path(f"/proc/{p}/cmdline").read_bytes()]
         if kill_supervisord:
             os.kill(daemon, signal.SIGKILL)
             wait_for("supervisord to be gone", lambda: not _alive(daemon), 30)
             st = json.loads(_cli(["status", "--json"], private_env).stdout)
             assert not st["supervisor"]["alive"]
+            # What it left running is shown as such, by the pids it had.
+            assert {n: p["state"] for n, p in st["processes"].items()} == dict.fromkeys(st["processes"], "UNSUPERVISED")
+            assert all(p["pid"] in tree and not p["supervised"] for p in st["processes"].values())
             assert any(_alive(p) for p in tree)  # its children run on, unsupervised: the case down must handle
     finally:
         down = _cli(["down"], private_env)

@@ -319,6 +319,23 @@ class Supervisor:
                 continue
         return out
 
+    def unsupervised(self) -> dict[str, int]:
+        """With supervisord gone: the programs it left running, by name (SUPERVISOR_PROCESS_NAME, which it
+        sets for each child), each as the top process of its tree (a gunicorn master, not its workers)."""
+        pids = set(self.members())
+        out: dict[str, int] = {}
+        for pid in sorted(pids):
+            try:
+                raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                env = dict(e.split(b"=", 1) for e in raw if b"=" in e)
+                ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            name = env.get(b"SUPERVISOR_PROCESS_NAME", b"").decode()
+            if name and name != LISTENER and ppid not in pids and name not in out and _alive(pid):
+                out[name] = pid
+        return out
+
     def sweep(self, timeout: float = 15.0) -> list[int]:
         """SIGTERM every member, then SIGKILL whatever is left after ``timeout``; returns their pids."""
         pids = self.members()
