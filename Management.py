@@ -393,7 +393,9 @@ def status(cfg: Config) -> dict[str, Any]:
                                   "state": s["state"] if s else ("RUNNING" if pid else "STOPPED"),
                                   "supervised": s is not None and name not in orphans,
                                   "uptime": round(s["uptime"], 1) if s and s["uptime"] is not None else None,
-                                  "restarts": s["restarts"] if s else 0}
+                                  "restarts": s["restarts"] if s else 0,
+                                  "held_until": s.get("held_until") if s else None,
+                                  "fatal_retry_at": s.get("fatal_retry_at") if s else None}
     out["status_page"] = f"{cfg.frontend_url}/status"
     out["metrics"] = {"frontend": f"{cfg.frontend_url}/metrics", **{
         actor: f"http://{sub.metrics_host}:{sub.metrics_port}/metrics" if sub.metrics_port else None
