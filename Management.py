@@ -615,7 +615,9 @@ def hosts_command(cfg: Config, args: argparse.Namespace) -> int:
         if args.action == "status":
             st = cluster.workers_status(inv, names)
             print(json.dumps(st, indent=2) if args.json else "\n".join(
-                f"{h['name']:<16}{h['address']:<16}" + (f"worker pid {h['worker_pid'] or '-'}" if h["reachable"]
+                f"{h['name']:<16}{h['address']:<16}" + (f"worker {h.get('worker_state') or 'not supervised'} pid "
+                                                        f"{h['worker_pid'] or '-'} restarts {h.get('worker_restarts')}"
+                                                        if h["reachable"]
                                                         else f"UNREACHABLE: {h['error']}") for h in st))
         elif args.action == "start":
             cluster.start_workers(cfg, inv, names)
