@@ -223,7 +223,8 @@ def programs(cfg: Config, local_worker: bool) -> list[supervise.Program]:
     """What supervisord of this run dir runs: the embedded MongoDB (unless MONGO_URI), every actor, and the
     local Worker unless the Workers run on other hosts."""
     env = program_env(cfg)
-    out = [supervise.Program("mongo", mongo_argv(cfg), env)] if not cfg.mongo.uri else []
+    # MongoDB takes its settings from its argv only: an actor's setting changed does not restart it.
+    out = [supervise.Program("mongo", mongo_argv(cfg))] if not cfg.mongo.uri else []
     out += [supervise.Program(a, [sys.executable, "-m", MODULES[a]], env)
             for a in ACTORS if local_worker or a != "worker"]
     return out
