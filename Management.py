@@ -224,7 +224,8 @@ def programs(cfg: Config, local_worker: bool) -> list[supervise.Program]:
     """What supervisord of this run dir runs: the embedded MongoDB (unless MONGO_URI), every actor, and the
     local Worker unless the Workers run on other hosts."""
     env = program_env(cfg)
-    out = [supervise.Program("mongo", mongo_argv(cfg), env)] if not cfg.mongo.uri else []
+    # MongoDB takes its settings from its argv only: an actor's setting changed does not restart it.
+    out = [supervise.Program("mongo", mongo_argv(cfg))] if not cfg.mongo.uri else []
     out += [supervise.Program(a, [sys.executable, "-m", MODULES[a]], env)
             for a in ACTORS if local_worker or a != "worker"]
     return out
@@ -375,11 +376,16 @@ def status(cfg: Config) -> dict[str, Any]:
              "jobmanager": cfg.jobmanager.hint_port, "discovery": cfg.discovery.port,
              "mongo": cfg.mongo.embedded_port if not cfg.mongo.uri else None, "worker": None, "dockerd": None}
     sup = procs.sup.status()
-    out["supervisor"] = {"alive": procs.sup.answers(), "pid": procs.sup.daemon_pid(), "socket": str(procs.sup.sock),
+    answers = procs.sup.answers()
+    out["supervisor"] = {"alive": answers, "pid": procs.sup.daemon_pid(), "socket": str(procs.sup.sock),
                          "config": str(procs.sup.conf), "log": str(procs.log_dir / "supervisord.log")}
+    orphans = {} if answers else procs.sup.unsupervised()  # supervisord killed under its programs
     for name in ("dockerd", "mongo", *ACTORS):
         s = sup.get(name)
-        pid = (s["pid"] if s["state"] in supervise.ALIVE_STATES else None) if s else procs.alive(name)
+        if name in orphans:
+            s = {"state": "UNSUPERVISED", "pid": orphans[name], "uptime": None, "restarts": 0}
+        pid = (s["pid"] if s["state"] in (*supervise.ALIVE_STATES, "UNSUPERVISED") else None) if s \
+            else procs.alive(name)
         if name == "dockerd" and pid is None and procs.record(name) is None:
             continue
         if name == "mongo" and cfg.mongo.uri:
@@ -389,9 +395,11 @@ def status(cfg: Config) -> dict[str, Any]:
         out["processes"][name] = {"alive": pid is not None, "pid": pid, "port": ports.get(name),
                                   "log": str(procs.log_dir / f"{name}.log"),
                                   "state": s["state"] if s else ("RUNNING" if pid else "STOPPED"),
-                                  "supervised": s is not None,
+                                  "supervised": s is not None and name not in orphans,
                                   "uptime": round(s["uptime"], 1) if s and s["uptime"] is not None else None,
-                                  "restarts": s["restarts"] if s else 0}
+                                  "restarts": s["restarts"] if s else 0,
+                                  "held_until": s.get("held_until") if s else None,
+                                  "fatal_retry_at": s.get("fatal_retry_at") if s else None}
     out["status_page"] = f"{cfg.frontend_url}/status"
     out["metrics"] = {"frontend": f"{cfg.frontend_url}/metrics", **{
         actor: f"http://{sub.metrics_host}:{sub.metrics_port}/metrics" if sub.metrics_port else None
@@ -640,7 +648,9 @@ def hosts_command(cfg: Config, args: argparse.Namespace) -> int:
         if args.action == "status":
             st = cluster.workers_status(inv, names)
             print(json.dumps(st, indent=2) if args.json else "\n".join(
-                f"{h['name']:<16}{h['address']:<16}" + (f"worker pid {h['worker_pid'] or '-'}" if h["reachable"]
+                f"{h['name']:<16}{h['address']:<16}" + (f"worker {h.get('worker_state') or 'not supervised'} pid "
+                                                        f"{h['worker_pid'] or '-'} restarts {h.get('worker_restarts')}"
+                                                        if h["reachable"]
                                                         else f"UNREACHABLE: {h['error']}") for h in st))
         elif args.action == "start":
             cluster.start_workers(cfg, inv, names)

@@ -397,7 +397,8 @@ def test_a_sigkilled_worker_on_an_ssh_host_is_restarted_by_that_hosts_supervisor
     killed_at = time.time()
     os.kill(old, signal.SIGKILL)  # a crash, on that host; nobody restarts it
     new = wait_for("a new Worker pid", lambda: (p := sup.pid("worker")) not in (None, old) and p, 60)
-    assert json.loads(_mgmt(["hosts", "status", "--json"], cluster.env).stdout)[0]["worker_pid"] == new
+    seen = json.loads(_mgmt(["hosts", "status", "--json"], cluster.env).stdout)[0]  # over SSH, as an operator
+    assert seen["worker_pid"] == new and seen["worker_restarts"] == before["restarts"] + 1, seen
     assert sup.status()["worker"]["restarts"] == before["restarts"] + 1
     # It answers again: it registers and heartbeats, and runs a job on its node.
     wait_for("a heartbeat after the kill",

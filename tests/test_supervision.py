@@ -172,6 +172,37 @@ def test_a_crash_looping_program_backs_off_goes_fatal_and_is_retried_after_a_coo
     _answers(system, api, "discovery", time.time())
 
 
+@pytest.mark.usefixtures("idle_cluster")
+def test_a_program_crashing_repeatedly_after_starting_is_held_then_started_again(system, api: Api) -> None:
+    """Each crash comes after the program counted as started, so supervisord alone would restart it at once
+    every time; after CRASH_LIMIT such crashes within CRASH_WINDOW the listener holds it for a cool-down."""
+    procs = Management.Processes(system)
+    sup = procs.sup
+    restarts0 = sup.status()["discovery"]["restarts"]
+    kills = 0
+    # Earlier tests' crashes may still be inside the window: at most CRASH_LIMIT kills from here.
+    while kills < supervise.CRASH_LIMIT:
+        state = wait_for("Discovery to be RUNNING or HELD",
+                         lambda: (s := sup.status()["discovery"]["state"]) in ("RUNNING", "HELD") and s, 120)
+        if state == "HELD":
+            break
+        old = sup.pid("discovery")
+        os.kill(old, signal.SIGKILL)
+        kills += 1
+        wait_for("Discovery restarted or held", lambda o=old: sup.pid("discovery") not in (None, o)
+                 or sup.status()["discovery"]["state"] == "HELD", 60)
+    st = wait_for("Discovery to be HELD", lambda: (p := _status_json(system)["processes"]["discovery"])["state"]
+                  == "HELD" and p, 60)
+    assert not st["alive"] and st["pid"] is None and st["held_until"] > time.time()
+    assert st["restarts"] == restarts0 + kills - 1  # each kill but the last was followed by a restart at once
+    # It stays down for its cool-down, then the listener starts it: no one else does.
+    wait_for("Discovery to be RUNNING again", lambda: sup.info()["discovery"]["statename"] == "RUNNING",
+             supervise.FATAL_COOLDOWN_MAX + 120)
+    assert time.time() >= st["held_until"]
+    assert sup.status()["discovery"]["restarts"] == restarts0 + kills
+    _answers(system, api, "discovery", time.time())
+
+
 # ---- a second, private deployment: down leaves nothing ------------------------------------------------
 @pytest.fixture()
 def private_env(tmp_path: Path, system) -> dict[str, str]:
@@ -222,11 +253,18 @@ def test_down_leaves_no_process_of_the_deployment(private_env: dict[str, str], t
         tree = [daemon, *_descendants(daemon)]  # the listener, every program, gunicorn's workers
         assert len(tree) >= 1 + 1 + 6 + 2  # supervisord, listener, 6 programs, at least one gunicorn worker each
         assert set(_marked(sup.sock)) == set(tree) - {daemon}
+        # No secret in supervisord's config nor in any process's argv (what `ps` shows).
+        token = (run / "api_token").read_text().strip()
+        assert token not in sup.conf.read_text()
+        assert not [p for p in tree if token.encode() in Path(f"/proc/{p}/cmdline").read_bytes()]
         if kill_supervisord:
             os.kill(daemon, signal.SIGKILL)
             wait_for("supervisord to be gone", lambda: not _alive(daemon), 30)
             st = json.loads(_cli(["status", "--json"], private_env).stdout)
             assert not st["supervisor"]["alive"]
+            # What it left running is shown as such, by the pids it had.
+            assert {n: p["state"] for n, p in st["processes"].items()} == dict.fromkeys(st["processes"], "UNSUPERVISED")
+            assert all(p["pid"] in tree and not p["supervised"] for p in st["processes"].values())
             assert any(_alive(p) for p in tree)  # its children run on, unsupervised: the case down must handle
     finally:
         down = _cli(["down"], private_env)

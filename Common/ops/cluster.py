@@ -19,8 +19,8 @@ from Common.ops import emulated
 from Common.ops.remote import Inventory, RemoteError, RemoteHost, Session, load_inventory, write_inventory
 from Common.ops.remote import start_worker as remote_start
 from Common.ops.remote import stop_worker as remote_stop
-from Common.ops.remote import worker_pid as remote_pid
-from Common.ops.supervise import Supervisor
+from Common.ops.remote import worker_status as remote_status
+from Common.ops.supervise import ALIVE_STATES, Supervisor
 
 
 def cluster_dir(cfg: Config) -> Path:
@@ -180,7 +180,10 @@ def workers_status(inv: Inventory, names: list[str] | None = None) -> list[dict[
         entry: dict[str, Any] = {"name": h.name, "address": h.address}
         try:
             with Session(h, Path(inv.known_hosts)) as s:
-                entry.update(reachable=True, worker_pid=remote_pid(s))
+                w = remote_status(s)  # supervisord's view on that host
+                entry.update(reachable=True, worker_pid=w["pid"] if w and w["state"] in ALIVE_STATES else None,
+                             worker_state=w["state"] if w else None, worker_restarts=w["restarts"] if w else None,
+                             worker_uptime=w["uptime"] if w else None)
         except RemoteError as exc:
             entry.update(reachable=False, error=str(exc))
         out.append(entry)

@@ -298,14 +298,19 @@ def supervision_status(s: Session) -> dict[str, Any]:
     return _supervise(s, "info")
 
 
-def worker_pid(s: Session) -> int | None:
-    """The pid of this host's Worker if supervisord runs it, else None (no supervisord, or none there)."""
+def worker_status(s: Session) -> dict[str, Any] | None:
+    """This host's Worker as its supervisord sees it (state, pid, uptime, restarts), or None."""
     if s.run(["test", "-S", f"{s.h.run_dir}/supervisor/supervisor.sock"])[0] != 0:
         return None
     try:
-        w = supervision_status(s)["processes"].get("worker")
+        return supervision_status(s)["processes"].get("worker")
     except RemoteError:
         return None
+
+
+def worker_pid(s: Session) -> int | None:
+    """The pid of this host's Worker if supervisord runs it, else None (no supervisord, or none there)."""
+    w = worker_status(s)
     return w["pid"] if w and w["state"] in ALIVE_STATES else None
 
 

@@ -10,9 +10,10 @@ Policy (docs/operations.md): ``autorestart=unexpected`` (anything but a clean ex
 itself: a crash, a signal such as SIGKILL, a nonzero status); a process that dies after ``STARTSECS`` of running is
 restarted at once; one that dies sooner goes to BACKOFF and is retried after 1, 2, 3, … s (supervisord's
 linear backoff) up to ``STARTRETRIES`` times, then FATAL. The event listener (``Common.ops.supervise_events``)
-counts every restart in ``<run_dir>/supervisor/restarts.json`` and retries a FATAL program after a
-cool-down that doubles from ``FATAL_COOLDOWN`` up to ``FATAL_COOLDOWN_MAX``, so a crash loop backs off but
-the system never gives up for good.
+counts every restart in ``<run_dir>/supervisor/restarts.json``, retries a FATAL program after a
+cool-down that doubles from ``FATAL_COOLDOWN`` up to ``FATAL_COOLDOWN_MAX``, and holds (stops, then starts
+after the same cool-down) a program that crashed ``CRASH_LIMIT`` times within ``CRASH_WINDOW`` even though
+each run outlived ``startsecs``. So every crash loop backs off, and the system never gives up for good.
 
 Secrets: the programs inherit supervisord's environment (the operator's RSWARM_API_TOKEN, if set); the
 config file holds only non-secret settings; the token otherwise lives in the 0600 ``<run_dir>/api_token``.
@@ -49,6 +50,8 @@ STARTSECS = 5  # a process must stay up this long to count as started (else BACK
 STARTRETRIES = 5  # BACKOFF retries (1 s, 2 s, … 5 s apart) before FATAL
 FATAL_COOLDOWN = 30.0  # the listener retries a FATAL program after this, doubling each time …
 FATAL_COOLDOWN_MAX = 300.0  # … up to this
+CRASH_LIMIT = 5  # this many unexpected exits after running (no BACKOFF then) …
+CRASH_WINDOW = 120.0  # … within this many seconds: the listener holds the program for a cool-down
 STOPWAITSECS = 10
 LISTENER = "rswarm-events"  # the event listener's name in supervisord
 ALIVE_STATES = ("STARTING", "RUNNING", "BACKOFF")  # supervisord is (re)starting or running it
@@ -270,11 +273,15 @@ class Supervisor:
         """Per program: state, pid, uptime (s), restarts, last exit status; the listener left out."""
         counts = self.restarts()
         out = {}
+        now = time.time()
         for name, r in self.info().items():
             if name == LISTENER:
                 continue
             running = r["statename"] == "RUNNING"
-            out[name] = {"state": r["statename"], "pid": r["pid"] or None,
+            held = counts.get(name, {}).get("held_until")
+            held = held if held and held > now and r["statename"] in ("STOPPED", "STOPPING") else None
+            out[name] = {"state": "HELD" if held else r["statename"], "pid": r["pid"] or None,
+                         "held_until": held, "fatal_retry_at": counts.get(name, {}).get("fatal_retry_at"),
                          "uptime": (r["now"] - r["start"]) if running and r["start"] else None,
                          "restarts": counts.get(name, {}).get("restarts", 0),
                          "exitstatus": r["exitstatus"], "spawnerr": r["spawnerr"] or None}
@@ -317,6 +324,23 @@ class Supervisor:
                     out.append(pid)
             except OSError:
                 continue
+        return out
+
+    def unsupervised(self) -> dict[str, int]:
+        """With supervisord gone: the programs it left running, by name (SUPERVISOR_PROCESS_NAME, which it
+        sets for each child), each as the top process of its tree (a gunicorn master, not its workers)."""
+        pids = set(self.members())
+        out: dict[str, int] = {}
+        for pid in sorted(pids):
+            try:
+                raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                env = dict(e.split(b"=", 1) for e in raw if b"=" in e)
+                ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            name = env.get(b"SUPERVISOR_PROCESS_NAME", b"").decode()
+            if name and name != LISTENER and ppid not in pids and name not in out and _alive(pid):
+                out[name] = pid
         return out
 
     def sweep(self, timeout: float = 15.0) -> list[int]:
