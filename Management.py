@@ -197,16 +197,19 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: st
         _wait("dockerd", _docker_answers, 120, procs, "dockerd")
 
     if not cfg.mongo.uri and not procs.alive("mongo"):
-        daemon = Path(sys.executable).parent / "secantusd-py"
-        if not daemon.exists():
-            raise ManagementError(f"{daemon} not found: run ./dependences.sh")
-        say(f"starting the embedded MongoDB (SecantusDB) on {cfg.mongo.embedded_host}:{cfg.mongo.embedded_port}")
-        procs.start("mongo", [str(daemon), "--host", cfg.mongo.embedded_host, "--port", str(cfg.mongo.embedded_port),
-                              "--storage-path", str(cfg.run_path / "mongo"), "--log-level", "WARNING"], env)
+        from Common.ops import mongo
+
+        argv = mongo.prepare(cfg)  # users (SCRAM, 0600 credential files) + the daemon's argv, no secret in it
+        if not Path(argv[0]).exists():
+            raise ManagementError(f"{argv[0]} not found: run ./dependences.sh")
+        say(f"starting the embedded MongoDB (SecantusDB) on {cfg.mongo.embedded_host}:{cfg.mongo.embedded_port}"
+            f"{' with SCRAM-SHA-256 auth' if '--auth' in argv else ''}")
+        procs.start("mongo", argv, env)
     from Common.store import Store
+    from Common.store.credentials import redact
 
     store = Store.connect(cfg, "management")
-    _wait(f"MongoDB at {cfg.mongo_uri}", store.ping, 120, procs, "" if cfg.mongo.uri else "mongo")
+    _wait(f"MongoDB at {redact(cfg.mongo_uri)}", store.ping, 120, procs, "" if cfg.mongo.uri else "mongo")
     store.ensure_indexes()
 
     started = time.time()
@@ -284,12 +287,13 @@ def down(cfg: Config, keep_workloads: bool = False, quiet: bool = False, invento
 
 def status(cfg: Config) -> dict[str, Any]:
     from Common.ops import cluster
+    from Common.store.credentials import redact
 
     in_cluster = cluster.apply_cluster_mode(cfg)
     procs = Processes(cfg)
     out: dict[str, Any] = {"run_dir": str(cfg.run_path), "token_file": str(cfg.token_file),
                            "frontend_url": cfg.frontend_url, "globalmanager_url": cfg.globalmanager_url,
-                           "swagger_ui": f"{cfg.frontend_url}/api/v1/docs", "mongo_uri": cfg.mongo_uri,
+                           "swagger_ui": f"{cfg.frontend_url}/api/v1/docs", "mongo_uri": redact(cfg.mongo_uri),
                            "processes": {}}
     ports = {"frontend": cfg.frontend.port, "globalmanager": cfg.globalmanager.port,
              "jobmanager": cfg.jobmanager.hint_port, "discovery": cfg.discovery.port,

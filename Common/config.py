@@ -29,6 +29,10 @@ class MongoConfig:
     embedded_host: str = "127.0.0.1"
     embedded_port: int = 27117
     timeout_seconds: float = 5.0
+    embedded_auth: bool = True  # SCRAM-SHA-256 users per role (docs/security.md); forced on off loopback
+    tls_ca_file: str = ""  # clients verify the server's certificate against it (and use TLS)
+    tls_cert_file: str = ""  # the embedded server's certificate chain (PEM); with tls_key_file: TLS on
+    tls_key_file: str = ""
 
 
 @dataclass
@@ -99,6 +103,16 @@ class WorkerConfig:
 
 
 @dataclass
+class StorageConfig:
+    """Bounds on what the deployment keeps (docs/security.md, "Storage and retention")."""
+
+    checkpoint_quota_bytes: int = 10 * 2**30  # all checkpoints together; a new one beyond it is refused 409
+    job_retention_seconds: float = 7 * 86400.0  # finished jobs (and their records) are deleted this long after
+    evm_retention_seconds: float = 86400.0  # deleted/failed EVM records are removed this long after their end
+    sweep_seconds: float = 60.0  # how often the GlobalManager's retention sweep runs
+
+
+@dataclass
 class Config:
     run_dir: str = ""
     api_token: str = ""
@@ -109,6 +123,7 @@ class Config:
     jobmanager: JobManagerConfig = field(default_factory=JobManagerConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     # ---- derived values -------------------------------------------------------------------
     @property
@@ -187,7 +202,7 @@ class Config:
         return env
 
 
-_SECTIONS = ("mongo", "frontend", "globalmanager", "jobmanager", "discovery", "worker")
+_SECTIONS = ("mongo", "frontend", "globalmanager", "jobmanager", "discovery", "worker", "storage")
 _PORT_KEYS = {"port", "pub_port", "hint_port", "embedded_port"}
 
 
@@ -232,6 +247,10 @@ def _check(cfg: Config) -> None:
                 raise ConfigError(f"{where}: must be > 0, got {value}")
     if not 8 <= cfg.globalmanager.network_prefix <= 29:
         raise ConfigError("globalmanager.network_prefix: must be 8..29")
+    if cfg.storage.checkpoint_quota_bytes < 0:
+        raise ConfigError("storage.checkpoint_quota_bytes: must be >= 0 (0: no checkpoint may be stored)")
+    if bool(cfg.mongo.tls_cert_file) != bool(cfg.mongo.tls_key_file):
+        raise ConfigError("mongo.tls_cert_file and mongo.tls_key_file: set both or neither")
     if not 1 <= cfg.worker.parallelism <= 64:
         raise ConfigError(f"worker.parallelism: must be 1..64, got {cfg.worker.parallelism}")
     for key in ("workers", "threads", "max_body_bytes", "max_tasks_per_job"):

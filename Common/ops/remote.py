@@ -10,6 +10,7 @@ quoted with shlex, and the only shell code sent is constant.
 from __future__ import annotations
 
 import functools
+import json
 import shlex
 import stat
 import time
@@ -281,7 +282,8 @@ def worker_pid(s: Session) -> int | None:
     return pid if rc == 0 and "-m\x00Worker" in cmdline else None
 
 
-def start_worker(s: Session, token: str, control: dict[str, str]) -> int:
+def start_worker(s: Session, token: str, control: dict[str, str],
+                 mongo_credentials: dict[str, str] | None = None) -> int:
     h = s.h
     existing = worker_pid(s)
     if existing:
@@ -292,6 +294,9 @@ def start_worker(s: Session, token: str, control: dict[str, str]) -> int:
                           f"`bash dependences.sh Worker` there")
     s.check(["mkdir", "-p", "-m", "700", h.run_dir])
     s.put_text(f"{h.run_dir}/api_token", token + "\n", 0o600)
+    if mongo_credentials:  # read by Store.connect (Common/store/credentials.py); the directory is 0700
+        s.check(["mkdir", "-p", "-m", "700", f"{h.run_dir}/secrets"])
+        s.put_text(f"{h.run_dir}/secrets/mongo-worker.json", json.dumps(mongo_credentials), 0o600)
     env = worker_env(h, control)
     argv = ["env", *[f"{k}={v}" for k, v in sorted(env.items())], python, "-m", "Worker"]
     out = s.check(["sh", "-c", _START, "start", f"{h.run_dir}/worker.log", h.repo, *argv])

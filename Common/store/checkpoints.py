@@ -42,6 +42,11 @@ class CheckpointStore:
     def ensure_indexes(self) -> None:
         self.col.create_index([("node", ASCENDING), ("state", ASCENDING)])
         self.col.create_index([("job_id", ASCENDING), ("task", ASCENDING), ("created_at", DESCENDING)])
+        # GridFS's own indexes, made here by the control plane: a Worker's first upload would otherwise try
+        # to create them, and the worker role may not create indexes (Common/ops/mongo.py).
+        db = self.col.database
+        db["checkpoint_files.files"].create_index([("filename", ASCENDING), ("uploadDate", ASCENDING)])
+        db["checkpoint_files.chunks"].create_index([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)
 
     # ---- records --------------------------------------------------------------------------------
     def request(self, job_id: str, task: str, attempt: int, node: str, leave_running: bool,
