@@ -46,6 +46,7 @@ class Lifecycle:
             return
         if self.store.migrations.advance(m["_id"], mg.DONE, container_id=container_id, timings=timings):
             self.store.workers.release(m["source"], alloc_key(m["job_id"], m["task"]), m["source_token"])
+            self.store.checkpoints.delete_for_migration(m["_id"])  # restored: its checkpoint has served
             log.info("migration %s: %s/%s now runs on %s", m["_id"], m["job_id"], m["task"], m["target"])
             self.hint("migration", m["job_id"])
 
@@ -53,6 +54,7 @@ class Lifecycle:
         if self.store.migrations.advance(m["_id"], mg.FAILED, reason=reason, timings=timings) is None:
             return
         self.store.jobs.clear_migration(m["job_id"], m["task"], m["_id"])
+        self.store.checkpoints.delete_for_migration(m["_id"])
         if m.get("target") and m.get("token"):
             self.store.workers.release(m["target"], alloc_key(m["job_id"], m["task"]), m["token"])
         log.warning("migration %s failed: %s (the task keeps running where it was)", m["_id"], reason)

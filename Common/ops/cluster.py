@@ -63,6 +63,7 @@ def control_env(cfg: Config) -> dict[str, str]:
         "RSWARM_CLUSTER_ID": cfg.cluster(),
         "RSWARM_WORKER_HEARTBEAT_SECONDS": str(cfg.worker.heartbeat_seconds),
         "RSWARM_WORKER_SWEEP_SECONDS": str(cfg.worker.sweep_seconds),
+        "RSWARM_STORAGE_CHECKPOINT_QUOTA_BYTES": str(cfg.storage.checkpoint_quota_bytes),
     }
 
 
