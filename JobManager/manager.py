@@ -17,6 +17,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pymongo
+
 from Common.config import Config
 from Common.messaging import Receiver
 from Common.metrics import JOB_WAIT_SECONDS, PLACEMENT_DECISIONS, PLACEMENT_SECONDS, SCHEDULE_SECONDS
@@ -48,11 +50,12 @@ class JobManager:
         # When a job is leased by a placer that may have died, look again as soon as the lease expires
         # instead of waiting for the slow sweep.
         self.retry_at = float("inf")
+        self.db_backoff = 0.0  # seconds before the next placement pass while MongoDB is unreachable
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> None:
         self.sweep()
-        self.schedule()
+        self._schedule()
         next_sweep = time.monotonic() + self.cfg.jobmanager.sweep_seconds
         while not self.stopping.is_set():
             wake_at = min(next_sweep, self._retry_monotonic())
@@ -67,9 +70,20 @@ class JobManager:
                 self.retry_at = float("inf")
                 self.sweep()
                 next_sweep = time.monotonic() + self.cfg.jobmanager.sweep_seconds
-                self.schedule()
+                self._schedule()
             elif msgs:
-                self.schedule()
+                self._schedule()
+
+    def _schedule(self) -> None:
+        """``schedule()``, surviving MongoDB being unreachable: log, then try again after a backoff (1 s,
+        doubling up to 16 s) instead of letting the loop, and the process, die."""
+        try:
+            self.schedule()
+            self.db_backoff = 0.0
+        except pymongo.errors.PyMongoError as exc:
+            self.db_backoff = min(16.0, max(1.0, 2 * self.db_backoff))
+            log.warning("placement pass failed (MongoDB: %s); retrying in %.0f s", type(exc).__name__, self.db_backoff)
+            self.retry_at = min(self.retry_at, time.time() + self.db_backoff)
 
     def _retry_monotonic(self) -> float:
         return time.monotonic() + (self.retry_at - time.time()) if self.retry_at != float("inf") else float("inf")

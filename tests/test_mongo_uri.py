@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -48,12 +48,12 @@ STOP_SECONDS = 30
 
 @dataclass
 class UriSystem:
-    cfg: Config
-    env: dict[str, str]
+    cfg: Config = field(repr=False)
+    env: dict[str, str] = field(repr=False)
     api: Api
     server: subprocess.Popen
-    uri: str
-    password: str
+    uri: str = field(repr=False)  # never in a test report
+    password: str = field(repr=False)
 
 
 def _start_server(data: Path, auth: bool, log: Path) -> subprocess.Popen:
@@ -137,7 +137,7 @@ def uri_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UriSystem]:
         _mgmt(["down"], env)
         remove_leftovers(CLUSTER)
         _stop(server)
-        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(data, ignore_errors=True)  # the logs stay, in pytest's kept temporary directory
 
 
 def _db(s: UriSystem):
