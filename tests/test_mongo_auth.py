@@ -18,7 +18,7 @@ import pytest
 
 import Management
 from Common.store import Store
-from Common.store.credentials import ROLES, credential_file, read_credentials
+from Common.store.credentials import ROLES, client_options, credential_file, read_credentials
 
 pytestmark = pytest.mark.system
 
@@ -90,3 +90,50 @@ def test_credentials_are_0600_files_and_in_no_argv_environment_or_log(system) ->
     assert all(pw not in status for pw in passwords)
     assert "--auth" in json.loads((procs.pid_dir / "mongo.json").read_text())["argv"]
     assert os.environ.get("MONGO_URI", "") == ""  # this run is the embedded server's
+
+
+def test_tls_configured_server_refuses_plaintext_and_serves_clients_given_the_ca(tmp_path) -> None:
+    """The embedded server with mongo.tls_* set (its own data dir and port, not the session's): the actors'
+    client options (CA file) connect and authenticate over TLS; a plaintext client gets nothing."""
+    import subprocess
+    import time
+
+    from Common.config import load as load_config
+    from Common.ops import mongo
+    from tests.conftest import SLOT
+
+    ca_key, ca, key, csr, cert = (tmp_path / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "1",
+            "-subj", "/CN=rswarm-test-ca")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
+    ext = tmp_path / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out",
+            str(cert), "-days", "1", "-extfile", str(ext))
+    cfg = load_config("/nonexistent.toml", env={
+        "RSWARM_RUN_DIR": str(tmp_path / "run"), "RSWARM_MONGO_EMBEDDED_PORT": str(28417 + SLOT),
+        "RSWARM_MONGO_TLS_CERT_FILE": str(cert), "RSWARM_MONGO_TLS_KEY_FILE": str(key),
+        "RSWARM_MONGO_TLS_CA_FILE": str(ca)})
+    argv = mongo.prepare(cfg)
+    assert "--tls-cert-file" in argv and "--auth" in argv
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        s = Store.connect(cfg, "tls-probe")
+        deadline = time.monotonic() + 60
+        while not s.ping() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        s.db["probe"].insert_one({"_id": 1})
+        assert s.db["probe"].find_one({"_id": 1}) == {"_id": 1}
+        s.close()
+        creds = {k: v for k, v in client_options(cfg, "control").items() if not k.startswith("tls")}
+        plain = pymongo.MongoClient(cfg.mongo_uri, serverSelectionTimeoutMS=2000, **creds)
+        with pytest.raises(pymongo.errors.PyMongoError):
+            plain[cfg.mongo.database]["probe"].find_one()
+        plain.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
