@@ -161,8 +161,12 @@ def ensure_cluster_id(cfg: Config) -> None:
 
 
 def child_env(cfg: Config) -> dict[str, str]:
+    from Common.store.credentials import stash_uri_credentials
+
     env = dict(os.environ)
     env.update(cfg.to_env())
+    if cfg.mongo.uri:  # a MONGO_URI's password reaches the children as a 0600 file, not in their environment
+        env["MONGO_URI"] = env["RSWARM_MONGO_URI"] = stash_uri_credentials(cfg)
     env["RSWARM_CLUSTER_ID"] = cfg.cluster()
     env["PYTHONPATH"] = str(REPO_ROOT)
     if cfg.api_token:

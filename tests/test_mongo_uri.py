@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -144,10 +145,20 @@ def _db(s: UriSystem):
     return pymongo.MongoClient(s.uri, serverSelectionTimeoutMS=5000)[DB]
 
 
-def test_no_embedded_server_and_the_password_in_no_log(uri_system: UriSystem) -> None:
+def test_no_embedded_server_and_the_password_in_no_log_argv_or_environment(uri_system: UriSystem) -> None:
     procs = Management.Processes(uri_system.cfg)
     assert procs.record("mongo") is None  # the system uses the given server only
-    assert all(procs.alive(a) for a in Management.ACTORS)
+    pw = uri_system.password.encode()
+    for actor in Management.ACTORS:
+        pid = procs.alive(actor)
+        assert pid, actor
+        for what in ("cmdline", "environ"):
+            assert pw not in Path(f"/proc/{pid}/{what}").read_bytes(), f"the password is in {actor}'s {what}"
+        assert b"MONGO_URI=mongodb://127.0.0.1:" in Path(f"/proc/{pid}/environ").read_bytes()
+    for role in ("control", "worker"):  # where the children read it from instead
+        f = uri_system.cfg.run_path / "secrets" / f"mongo-{role}.json"
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+        assert json.loads(f.read_text()) == {"user": "rsw", "password": uri_system.password}
     out = _mgmt(["status", "--json"], uri_system.env)
     assert out.returncode == 0 and uri_system.password not in out.stdout
     assert json.loads(out.stdout)["mongo_uri"].startswith("mongodb://rsw:***@127.0.0.1")

@@ -94,6 +94,19 @@ def strip_credentials(uri: str) -> str:
     return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
+def stash_uri_credentials(cfg: Config) -> str:
+    """For the processes Management.py starts: a ``MONGO_URI``'s user and password go into the control and
+    worker credential files (0600), and the URI they are handed carries none, so no child's environment
+    holds the password. Returns that URI."""
+    cred = uri_credentials(cfg.mongo.uri)
+    if cred is None:
+        return cfg.mongo.uri
+    for role in ("control", "worker"):
+        if read_credentials(cfg, role) != cred:
+            write_credentials(credential_file(cfg, role), cred["user"], cred["password"])
+    return strip_credentials(cfg.mongo.uri)
+
+
 def redact(uri: str) -> str:
     """The URI with any password replaced by ``***``: the only form in which a URI is printed or logged."""
     parts = urlsplit(uri)
