@@ -54,9 +54,9 @@ class Lifecycle:
         if self.store.migrations.advance(m["_id"], mg.FAILED, reason=reason, timings=timings) is None:
             return
         self.store.jobs.clear_migration(m["job_id"], m["task"], m["_id"])
-        self.store.checkpoints.delete_for_migration(m["_id"])
         if m.get("target") and m.get("token"):
             self.store.workers.release(m["target"], alloc_key(m["job_id"], m["task"]), m["token"])
+        self.store.checkpoints.delete_for_migration(m["_id"])  # after the claims are settled
         log.warning("migration %s failed: %s (the task keeps running where it was)", m["_id"], reason)
         self.store.events.record("migration_failed", m["job_id"], task=m["task"], migration=m["_id"], reason=reason)
         self.hint("migration", m["job_id"])

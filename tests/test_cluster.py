@@ -391,14 +391,18 @@ def test_a_failed_restore_leaves_the_task_running_and_the_claims_consistent(clus
             assert r.status_code == 202, r.text
             m = _migration(api, r.json()["id"], {"DONE", "FAILED"})
             assert m["state"] == "FAILED" and "rswarm/task:1" in m["reason"], m
-            t = api.job(job_id)["tasks"]["t"]
+            # Discovery records FAILED first, then clears the task's migration and releases the target's
+            # claim (each step a conditional update): wait for those to land, then check them.
+            def settled() -> tuple[dict, dict] | None:
+                t = api.job(job_id)["tasks"]["t"]
+                after = {w["id"]: w for w in api.get("/workers").json()["items"]}
+                same = all((after[n]["tasks"], after[n]["free_core_count"]) == (
+                    before[n]["tasks"], before[n]["free_core_count"]) for n in (target, first["node"]))
+                return (t, after) if t["migration_id"] is None and same else None
+
+            t, after = wait_for("the failed migration to be settled", settled, 30)
             assert t["state"] == "RUNNING" and t["node"] == first["node"] and t["attempt"] == first["attempt"]
-            assert t["migration_id"] is None
             # The target's reservation was released and the source still holds the task's claim.
-            after = {w["id"]: w for w in api.get("/workers").json()["items"]}
-            for node in (target, first["node"]):
-                assert (after[node]["tasks"], after[node]["free_core_count"]) == (
-                    before[node]["tasks"], before[node]["free_core_count"]), node
             assert after[first["node"]]["tasks"] >= 1
         finally:
             cluster.docker(target, "tag", "rswarm/task:keep", "rswarm/task:1")
