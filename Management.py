@@ -191,8 +191,12 @@ def ensure_cluster_id(cfg: Config) -> None:
 
 
 def child_env(cfg: Config) -> dict[str, str]:
+    from Common.store.credentials import stash_uri_credentials
+
     env = dict(os.environ)
     env.update(cfg.to_env())
+    if cfg.mongo.uri:  # a MONGO_URI's password reaches the children as a 0600 file, not in their environment
+        env["MONGO_URI"] = env["RSWARM_MONGO_URI"] = stash_uri_credentials(cfg)
     env["RSWARM_CLUSTER_ID"] = cfg.cluster()
     env["PYTHONPATH"] = str(REPO_ROOT)
     if cfg.api_token:
@@ -213,11 +217,12 @@ def program_env(cfg: Config) -> dict[str, str]:
 
 def mongo_argv(cfg: Config) -> list[str]:
     """The embedded MongoDB's command line (SecantusDB's daemon): the one place it is built."""
-    daemon = Path(sys.executable).parent / "secantusd-py"
-    if not daemon.exists():
-        raise ManagementError(f"{daemon} not found: run ./dependences.sh")
-    return [str(daemon), "--host", cfg.mongo.embedded_host, "--port", str(cfg.mongo.embedded_port),
-            "--storage-path", str(cfg.run_path / "mongo"), "--log-level", "WARNING"]
+    from Common.ops import mongo
+
+    argv = mongo.server_argv(cfg)  # no secret in it: the users live in the data directory
+    if not Path(argv[0]).exists():
+        raise ManagementError(f"{argv[0]} not found: run ./dependences.sh")
+    return argv
 
 
 def programs(cfg: Config, local_worker: bool) -> list[supervise.Program]:
@@ -272,12 +277,18 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: st
 
     ensure_supervisor(cfg, procs, env, local_worker=not remote)
     if not cfg.mongo.uri and not procs.alive("mongo"):
-        say(f"starting the embedded MongoDB (SecantusDB) on {cfg.mongo.embedded_host}:{cfg.mongo.embedded_port}")
+        from Common.ops import mongo
+
+        if mongo.auth_on(cfg):
+            mongo.provision(cfg)  # users (SCRAM, 0600 credential files), written while the server is stopped
+        say(f"starting the embedded MongoDB (SecantusDB) on {cfg.mongo.embedded_host}:{cfg.mongo.embedded_port}"
+            f"{' with SCRAM-SHA-256 auth' if mongo.auth_on(cfg) else ''}")
         procs.sup.start("mongo")
     from Common.store import Store
+    from Common.store.credentials import redact
 
     store = Store.connect(cfg, "management")
-    _wait(f"MongoDB at {cfg.mongo_uri}", store.ping, 120, procs, "" if cfg.mongo.uri else "mongo")
+    _wait(f"MongoDB at {redact(cfg.mongo_uri)}", store.ping, 120, procs, "" if cfg.mongo.uri else "mongo")
     store.ensure_indexes()
 
     started = time.time()
@@ -365,12 +376,13 @@ def down(cfg: Config, keep_workloads: bool = False, quiet: bool = False, invento
 
 def status(cfg: Config) -> dict[str, Any]:
     from Common.ops import cluster
+    from Common.store.credentials import redact
 
     in_cluster = cluster.apply_cluster_mode(cfg)
     procs = Processes(cfg)
     out: dict[str, Any] = {"run_dir": str(cfg.run_path), "token_file": str(cfg.token_file),
                            "frontend_url": cfg.frontend_url, "globalmanager_url": cfg.globalmanager_url,
-                           "swagger_ui": f"{cfg.frontend_url}/api/v1/docs", "mongo_uri": cfg.mongo_uri,
+                           "swagger_ui": f"{cfg.frontend_url}/api/v1/docs", "mongo_uri": redact(cfg.mongo_uri),
                            "processes": {}}
     ports = {"frontend": cfg.frontend.port, "globalmanager": cfg.globalmanager.port,
              "jobmanager": cfg.jobmanager.hint_port, "discovery": cfg.discovery.port,

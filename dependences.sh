@@ -29,7 +29,7 @@ die() { printf '[dependences] error: %s\n' "$*" >&2; exit 1; }
 PACKAGES=(docker.io busybox-static debootstrap iproute2 iptables ca-certificates)
 [ "$ROLE" = "Worker" ] || PACKAGES+=(openssh-server)
 # Headless Chromium for the browser tests (driven by Python playwright, never `playwright install`)
-[ "$ROLE" = "test" ] && PACKAGES+=(chromium chromium-driver)
+[ "$ROLE" = "test" ] && PACKAGES+=(chromium chromium-driver openssl)  # openssl: the MongoDB TLS test's certificates
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -30,6 +30,10 @@ class MongoConfig:
     embedded_host: str = "127.0.0.1"
     embedded_port: int = 27117
     timeout_seconds: float = 5.0
+    embedded_auth: bool = True  # SCRAM-SHA-256 users per role (docs/security.md); forced on off loopback
+    tls_ca_file: str = ""  # clients verify the server's certificate against it (and use TLS)
+    tls_cert_file: str = ""  # the embedded server's certificate chain (PEM); with tls_key_file: TLS on
+    tls_key_file: str = ""
 
 
 @dataclass
@@ -111,6 +115,16 @@ class ZmqConfig:
 
 
 @dataclass
+class StorageConfig:
+    """Bounds on what the deployment keeps (docs/security.md, "Storage and retention")."""
+
+    checkpoint_quota_bytes: int = 10 * 2**30  # all checkpoints together; a new one beyond it is refused 409
+    job_retention_seconds: float = 7 * 86400.0  # finished jobs (and their records) are deleted this long after
+    evm_retention_seconds: float = 86400.0  # deleted/failed EVM records are removed this long after their end
+    sweep_seconds: float = 60.0  # how often the GlobalManager's retention sweep runs
+
+
+@dataclass
 class Config:
     run_dir: str = ""
     api_token: str = ""
@@ -122,6 +136,7 @@ class Config:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     zmq: ZmqConfig = field(default_factory=ZmqConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     # ---- derived values -------------------------------------------------------------------
     @property
@@ -200,7 +215,7 @@ class Config:
         return env
 
 
-_SECTIONS = ("mongo", "frontend", "globalmanager", "jobmanager", "discovery", "worker", "zmq")
+_SECTIONS = ("mongo", "frontend", "globalmanager", "jobmanager", "discovery", "worker", "zmq", "storage")
 _PORT_KEYS = {"port", "pub_port", "hint_port", "embedded_port"}
 
 
@@ -256,6 +271,10 @@ def _check(cfg: Config) -> None:
     if pool.prefixlen > cfg.globalmanager.network_prefix:
         raise ConfigError(f"globalmanager.network_pool: /{pool.prefixlen} is smaller than one job network "
                           f"(globalmanager.network_prefix /{cfg.globalmanager.network_prefix})")
+    if cfg.storage.checkpoint_quota_bytes < 0:
+        raise ConfigError("storage.checkpoint_quota_bytes: must be >= 0 (0: no checkpoint may be stored)")
+    if bool(cfg.mongo.tls_cert_file) != bool(cfg.mongo.tls_key_file):
+        raise ConfigError("mongo.tls_cert_file and mongo.tls_key_file: set both or neither")
     if not 1 <= cfg.worker.parallelism <= 64:
         raise ConfigError(f"worker.parallelism: must be 1..64, got {cfg.worker.parallelism}")
     for key in ("workers", "threads", "max_body_bytes", "max_tasks_per_job"):

@@ -47,6 +47,7 @@ class Lifecycle:
             return
         if self.store.migrations.advance(m["_id"], mg.DONE, container_id=container_id, timings=timings):
             self.store.workers.release(m["source"], alloc_key(m["job_id"], m["task"]), m["source_token"])
+            self.store.checkpoints.delete_for_migration(m["_id"])  # restored: its checkpoint has served
             log.info("migration %s: %s/%s now runs on %s", m["_id"], m["job_id"], m["task"], m["target"])
             self.hint("migration", m["job_id"])
 
@@ -56,6 +57,7 @@ class Lifecycle:
         self.store.jobs.clear_migration(m["job_id"], m["task"], m["_id"])
         if m.get("target") and m.get("token"):
             self.store.workers.release(m["target"], alloc_key(m["job_id"], m["task"]), m["token"])
+        self.store.checkpoints.delete_for_migration(m["_id"])  # after the claims are settled
         log.warning("migration %s failed: %s (the task keeps running where it was)", m["_id"], reason)
         self.store.events.record("migration_failed", m["job_id"], task=m["task"], migration=m["_id"], reason=reason)
         self.hint("migration", m["job_id"])

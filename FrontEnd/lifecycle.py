@@ -45,7 +45,9 @@ UPDATE_SCHEMA = {"type": "object", "additionalProperties": False, "minProperties
                      "mem_limit": {"type": "string", "description": "'128m', '1g'; at least 6m"}}}
 CHECKPOINT_BODY = {"type": "object", "additionalProperties": False, "example": {"leave_running": True},
                    "properties": {"leave_running": {"type": "boolean", "description": "default true; false "
-                                                    "stops the task (CANCELLED) once checkpointed"}}}
+                                                    "stops the task (CANCELLED) once checkpointed"},
+                                  "keep": {"type": "boolean", "description": "default false: the checkpoint is "
+                                           "deleted when its job ends; true: kept until DELETE"}}}
 MIGRATE_BODY = {"type": "object", "additionalProperties": False, "example": {"target": "any"},
                 "properties": {"target": {"type": "string", "description": "a worker's name, or 'any'"}}}
 GROUP_BODY = {"type": "object", "required": ["items"], "additionalProperties": False, "example": {
@@ -103,7 +105,8 @@ def _running_task(job_id: str, task: str) -> tuple[dict[str, Any], dict[str, Any
 
 def checkpoint_view_of(c: dict[str, Any]) -> dict[str, Any]:
     return {"id": c["_id"], "state": c["state"], "job_id": c["job_id"], "task": c["task"], "attempt": c["attempt"],
-            "node": c["node"], "leave_running": c["leave_running"], "purpose": c["purpose"],
+            "node": c["node"], "leave_running": c["leave_running"], "keep": bool(c.get("keep")),
+            "purpose": c["purpose"],
             "files": len(c.get("files") or []), "size": c.get("size", 0), "created_at": c["created_at"],
             "done_at": c.get("done_at"), "reason": c.get("reason"), "timings": c.get("timings") or {}}
 
@@ -196,23 +199,39 @@ class TaskCheckpoints(Resource):
     @tasks_ns.response(400, "Invalid body", error)
     @tasks_ns.response(401, "Missing or wrong bearer token", error)
     @tasks_ns.response(404, "No such job or task", error)
-    @tasks_ns.response(409, "The task is not running", error)
+    @tasks_ns.response(409, "The task is not running, or the checkpoint quota would be exceeded (with the figures)",
+                       error)
     @tasks_ns.response(422, "The task is an EPM holding EVMs (network namespaces cannot be checkpointed)", error)
     @require_token
     def post(self, job_id: str, task: str):
         """Checkpoint a running task (leave it running, or stop it). 202; 400; 401; 404; 409; 422."""
-        body = _obj(json_body() if request.data else {}, {"leave_running"})
+        body = _obj(json_body() if request.data else {}, {"leave_running", "keep"})
         leave = body.get("leave_running", True)
         if not isinstance(leave, bool):
             raise Invalid("leave_running must be true or false", field="leave_running")
+        keep = body.get("keep", False)
+        if not isinstance(keep, bool):
+            raise Invalid("keep must be true or false", field="keep")
         _, t = _running_task(job_id, task)
         if t.get("evms"):
             raise Unschedulable("an EPM holding EVMs cannot be checkpointed by CRIU (network namespaces); "
                                 "migrate it instead: its EVMs are re-created from their records", field="task")
         c = ctx()
-        ckpt = c.store.checkpoints.request(job_id, task, t["attempt"], t["node"], leave)
+        quota = c.cfg.storage.checkpoint_quota_bytes
+        _check_quota(c.store.checkpoints.used_bytes(), int(t.get("mem_bytes") or 0), quota)
+        ckpt = c.store.checkpoints.request(job_id, task, t["attempt"], t["node"], leave, keep=keep)
         c.hint_jm("job_changed", job_id)  # the JM has the GM hint the task's node
         return checkpoint_view_of(ckpt), 202
+
+
+def _check_quota(used: int, estimate: int, quota: int) -> None:
+    """409 when the deployment's checkpoints plus this one could exceed the quota. A CRIU image holds the
+    task's memory pages, so the task's memory limit bounds it (the Worker checks the real size again)."""
+    if used + estimate > quota:
+        raise Conflict(f"checkpoint quota: {used} bytes stored + up to {estimate} for this task (its memory limit) "
+                       f"> quota {quota} bytes; delete checkpoints (DELETE /api/v1/checkpoints/{{id}}) or raise "
+                       "storage.checkpoint_quota_bytes", used_bytes=used, estimate_bytes=estimate,
+                       quota_bytes=quota)
 
 
 @checkpoints_ns.route("/<string:ckpt_id>")

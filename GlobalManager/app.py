@@ -28,7 +28,7 @@ from Common.keys import Keyring
 from Common.messaging import Sender
 from Common.metrics import instrument_flask
 from Common.states import JOB_TERMINAL, TASK_TERMINAL, JobState, TaskState
-from Common.store import Store
+from Common.store import Store, retention
 from GlobalManager.swarm import SubnetConflict, Swarm
 
 log = logging.getLogger(__name__)
@@ -250,11 +250,20 @@ def sweep_networks(c: GMContext) -> None:
 
 
 def _sweeper(c: GMContext, stop: threading.Event) -> None:
+    last_retention = 0.0
     while not stop.wait(c.cfg.globalmanager.sweep_seconds):
         try:
             sweep_networks(c)
         except Exception:
             log.exception("network sweep failed")
+        if time.monotonic() - last_retention >= c.cfg.storage.sweep_seconds:  # checkpoints, old jobs, EVM records
+            last_retention = time.monotonic()
+            try:
+                deleted = retention.sweep(c.store, c.cfg.storage)
+                if any(deleted.values()):
+                    log.info("retention sweep deleted %s", {k: v for k, v in deleted.items() if v})
+            except Exception:
+                log.exception("retention sweep failed")
 
 
 def create_app(cfg: Config, start_sweeper: bool = True) -> Flask:

@@ -103,6 +103,8 @@ class Lifecycle:
             t0 = time.monotonic()
             self.w.engine.checkpoint(obs.id, ckpt["_id"], str(work), ckpt["leave_running"])
             t1 = time.monotonic()
+            if ckpt["purpose"] == "user":  # the quota bounds what users keep; a migration's copy is transient
+                self._check_quota(work / ckpt["_id"])
             files = self.w.store.checkpoints.upload(ckpt["_id"], work / ckpt["_id"])
             t2 = time.monotonic()
         finally:
@@ -111,6 +113,12 @@ class Lifecycle:
         self.w.store.checkpoints.finish(ckpt["_id"], ck.DONE, files=files, size=sum(f["size"] for f in files),
                                         timings=timings)
         return timings
+
+    def _check_quota(self, directory: Path) -> None:
+        size = sum(e.stat().st_size for e in directory.iterdir() if e.is_file())
+        used, quota = self.w.store.checkpoints.used_bytes(), self.w.cfg.storage.checkpoint_quota_bytes
+        if used + size > quota:
+            raise CheckpointError(f"checkpoint quota: {used} bytes stored + {size} for this one > quota {quota} bytes")
 
     def user_checkpoint(self, c: dict[str, Any], desired, observed) -> None:
         obs = observed.get((c["job_id"], c["task"], c["attempt"]))

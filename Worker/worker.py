@@ -263,12 +263,15 @@ class Worker:
 
     def cleanup_orphan(self, obs: Observed) -> None:
         """A container whose task is finished, superseded or unknown: remove it (after its exit is known)."""
+        # The migrations first, then the job: Discovery moves the job to the restored attempt before it
+        # marks the migration DONE, so a restore that completes between the two reads is seen by one of
+        # them (read the other way round, a freshly restored container looked orphaned and was removed).
+        if self.lifecycle.protected(obs):
+            return  # being restored here for a migration
         job = self.store.jobs.get(obs.job_id)
         t = (job or {}).get("tasks", {}).get(obs.task)
         if t is not None and t["attempt"] == obs.attempt and t["state"] not in TASK_TERMINAL:
             return  # not an orphan: the job document was read before this task was placed here
-        if self.lifecycle.protected(obs):
-            return  # being restored here for a migration
         if self._draining(obs):
             return
         log.info("removing container %s of %s/%s#%d", obs.id[:12], obs.job_id, obs.task, obs.attempt)

@@ -73,6 +73,10 @@ def test_env() -> dict[str, str]:
         "RSWARM_WORKER_SWEEP_SECONDS": "2",
         "RSWARM_WORKER_HEARTBEAT_SECONDS": "1",
         "RSWARM_GLOBALMANAGER_SWEEP_SECONDS": "2",
+        # Storage bounds (tests/test_checkpoints.py): the retention sweep runs with the GM's, and the quota is
+        # small enough that a 512m task's checkpoint is refused while 64m tasks' are taken.
+        "RSWARM_STORAGE_SWEEP_SECONDS": "2",
+        "RSWARM_STORAGE_CHECKPOINT_QUOTA_BYTES": str(300 * 2**20),
     }
 
 

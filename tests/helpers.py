@@ -15,6 +15,23 @@ from Common import http
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
 
+def admin_uri(cfg: Any) -> str:
+    """The deployment's MongoDB URI authenticated as its admin user (tests only: for databases of their own and
+    for processes that take a URI). Never printed or logged."""
+    from urllib.parse import quote, urlsplit
+
+    from Common.store.credentials import read_credentials, uri_has_credentials
+
+    uri = cfg.mongo_uri
+    cred = None if uri_has_credentials(uri) else read_credentials(cfg, "admin")
+    if cred is None:
+        return uri
+    parts = urlsplit(uri)
+    netloc = f"{quote(cred['user'], safe='')}:{quote(cred['password'], safe='')}@{parts.netloc}"
+    query = "&".join(q for q in (parts.query, "authSource=admin") if q)
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, interval: float = 0.2) -> Any:
     """Poll until ``check()`` is truthy. ``timeout`` is a liveness bound (a hang), not a speed claim."""
     deadline = time.monotonic() + timeout

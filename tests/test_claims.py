@@ -11,6 +11,7 @@ import pytest
 
 from Common.store.events import EventLog
 from Common.store.workers import Alloc, WorkerStore
+from tests.helpers import admin_uri
 
 pytestmark = pytest.mark.system
 
@@ -52,14 +53,14 @@ def _racer(uri: str, db: str, seed: int, rounds: int, out: mp.Queue) -> None:
 
 def test_racing_processes_keep_the_books_exact(system) -> None:
     db = f"claims_{uuid.uuid4().hex[:8]}"
-    client = pymongo.MongoClient(system.mongo_uri)
+    client = pymongo.MongoClient(admin_uri(system))
     try:
-        ws = _store(system.mongo_uri, db)
+        ws = _store(admin_uri(system), db)
         ws.col.insert_one({"_id": "w", "cores": CORES, "free_cores": CORES, "mem_total": MEM, "mem_free": MEM,
                            "allocations": {}, "generation": 0, "state": "READY"})
         ctx = mp.get_context("spawn")
         out: mp.Queue = ctx.Queue()
-        procs = [ctx.Process(target=_racer, args=(system.mongo_uri, db, seed, 60, out)) for seed in range(4)]
+        procs = [ctx.Process(target=_racer, args=(admin_uri(system), db, seed, 60, out)) for seed in range(4)]
         for p in procs:
             p.start()
         for p in procs:

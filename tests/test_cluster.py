@@ -41,6 +41,7 @@ def _env(run_dir: Path) -> dict[str, str]:
         "RSWARM_DISCOVERY_HEARTBEAT_TIMEOUT_SECONDS": str(HEARTBEAT_TIMEOUT),
         "RSWARM_DISCOVERY_SWEEP_SECONDS": "1", "RSWARM_WORKER_HEARTBEAT_SECONDS": "1",
         "RSWARM_WORKER_SWEEP_SECONDS": "2", "RSWARM_GLOBALMANAGER_SWEEP_SECONDS": "2",
+        "RSWARM_STORAGE_SWEEP_SECONDS": "2",
     })
     return env
 
@@ -62,6 +63,15 @@ class Cluster:
 
     def docker(self, name: str, *args: str) -> str:
         return emulated.run(["docker", "-H", self.host(name).docker_url, *args]).stdout
+
+    def config(self):
+        """This deployment's config as its actors see it (the control plane on the bridge)."""
+        from Common.config import load as load_config
+        from Common.ops import cluster as cluster_ops
+
+        cfg = load_config(env=self.env)
+        cluster_ops.apply_cluster_mode(cfg)
+        return cfg
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +197,63 @@ def test_drain_empties_a_node_and_undrain_brings_it_back(cluster: Cluster) -> No
         api.wait_state(j, "CANCELLED", timeout=120)
 
 
+def _tcp_listen_ports(netns: str) -> set[int]:
+    """Ports with a socket in LISTEN (state 0A) in that network namespace, read from the kernel."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/tcp", "/proc/net/tcp6"],
+                         capture_output=True, text=True, check=True).stdout
+    ports = set()
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) > 3 and f[3] == "0A" and ":" in f[1]:
+            ports.add(int(f[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_no_engine_listens_on_tcp_2375_and_a_job_container_is_refused_there(cluster: Cluster) -> None:
+    for h in cluster.spec.hosts:
+        ports = _tcp_listen_ports(h.netns)
+        assert 2375 not in ports and 2376 not in ports, (h.name, sorted(ports))
+        assert cluster.docker(h.name, "version", "--format", "{{.Server.Version}}").strip()  # the socket answers
+    api = cluster.api
+    targets = [cluster.spec.manager.address, *(h.address for h in cluster.spec.workers)]
+    probe = "; ".join(f"nc -w 5 {a} 2375 </dev/null; echo \"{a} rc=$?\"" for a in targets)
+    job_id = api.submit(task_job({"t": {"image": "rswarm/task:1", "command": ["sh", "-c", probe], "req_cores": 1,
+                                        "mem_limit": "32m"}}))
+    t = api.wait_state(job_id, {"COMPLETED", "FAILED"}, timeout=120)["tasks"]["t"]
+    log = t["log_tail"]
+    lines = log.splitlines()
+    for a in targets:
+        assert f"{a} rc=1" in lines, log  # the connection failed for every host address ...
+        assert f"nc: can't connect to remote host ({a}): Connection refused" in lines, log  # ... refused: closed
+
+
+def test_unauthenticated_client_on_the_bridge_reads_and_writes_nothing(cluster: Cluster) -> None:
+    import pymongo
+
+    cfg = cluster.config()
+    assert cfg.mongo.embedded_host == cluster.spec.bridge_address
+    argv = json.loads((cluster.run_dir / "pids" / "mongo.json").read_text())["argv"]
+    assert "--auth" in argv and argv[argv.index("--host") + 1] == cluster.spec.bridge_address
+    anon = pymongo.MongoClient(f"mongodb://{cfg.mongo.embedded_host}:{cfg.mongo.embedded_port}/",
+                               serverSelectionTimeoutMS=5000)
+    db = anon[cfg.mongo.database]
+    for op in (lambda: db["jobs"].find_one(), lambda: db["workers"].find_one(),
+               lambda: db["jobs"].update_many({}, {"$set": {"tasks.t.volumes": {"/": "/x"}}}),
+               lambda: db["settings"].insert_one({"_id": "evil"}), lambda: anon.list_database_names()):
+        with pytest.raises(pymongo.errors.OperationFailure) as info:
+            op()
+        assert info.value.code == 13
+    anon.close()
+    from Common.store import Store
+
+    store = Store.connect(cfg, "test", role="admin")
+    try:
+        assert store.settings.col.find_one({"_id": "evil"}) is None
+        assert store.jobs.col.count_documents({"tasks.t.volumes": {"/": "/x"}}) == 0
+    finally:
+        store.close()
+
+
 def test_ssh_refuses_unknown_and_changed_host_keys_until_trusted(cluster: Cluster, tmp_path: Path) -> None:
     inv = load_inventory(cluster.run_dir / "cluster" / "inventory.toml")
     h: RemoteHost = inv.hosts[0]
@@ -258,6 +325,17 @@ def test_migrating_a_counter_continues_where_it_stopped_on_another_node(cluster:
         assert restored and restored[0] >= 10, restored[:5]  # it did not start again from 0
         assert restored == list(range(restored[0], restored[0] + len(restored)))  # and it keeps counting
         assert set(m["timings"]) >= {"checkpoint_s", "upload_s", "download_s", "restore_s"}
+        # The migration's checkpoint is gone once it has served: its record and its files (GridFS).
+        assert m["checkpoint_id"]
+        assert api.get(f"/checkpoints/{m['checkpoint_id']}").status_code == 404
+        from Common.store import Store
+
+        store = Store.connect(cluster.config(), "test", role="admin")
+        try:
+            assert store.checkpoints.get(m["checkpoint_id"]) is None
+            assert store.db["checkpoint_files.files"].count_documents({"metadata.checkpoint": m["checkpoint_id"]}) == 0
+        finally:
+            store.close()
         # The source's container is removed and its claim released; the target holds one more claim.
         wait_for("the source container to go",
                  lambda: job_id not in cluster.docker(source, "ps", "-a", "--format", "{{.Names}}"), 60)
@@ -314,14 +392,18 @@ def test_a_failed_restore_leaves_the_task_running_and_the_claims_consistent(clus
             assert r.status_code == 202, r.text
             m = _migration(api, r.json()["id"], {"DONE", "FAILED"})
             assert m["state"] == "FAILED" and "rswarm/task:1" in m["reason"], m
-            t = api.job(job_id)["tasks"]["t"]
+            # Discovery records FAILED first, then clears the task's migration and releases the target's
+            # claim (each step a conditional update): wait for those to land, then check them.
+            def settled() -> tuple[dict, dict] | None:
+                t = api.job(job_id)["tasks"]["t"]
+                after = {w["id"]: w for w in api.get("/workers").json()["items"]}
+                same = all((after[n]["tasks"], after[n]["free_core_count"]) == (
+                    before[n]["tasks"], before[n]["free_core_count"]) for n in (target, first["node"]))
+                return (t, after) if t["migration_id"] is None and same else None
+
+            t, after = wait_for("the failed migration to be settled", settled, 30)
             assert t["state"] == "RUNNING" and t["node"] == first["node"] and t["attempt"] == first["attempt"]
-            assert t["migration_id"] is None
             # The target's reservation was released and the source still holds the task's claim.
-            after = {w["id"]: w for w in api.get("/workers").json()["items"]}
-            for node in (target, first["node"]):
-                assert (after[node]["tasks"], after[node]["free_core_count"]) == (
-                    before[node]["tasks"], before[node]["free_core_count"]), node
             assert after[first["node"]]["tasks"] >= 1
         finally:
             cluster.docker(target, "tag", "rswarm/task:keep", "rswarm/task:1")

@@ -18,6 +18,7 @@ from Common.states import JobState, TaskState
 from Common.store import Store
 from Common.store.workers import alloc_key
 from JobManager.manager import JobManager
+from tests.helpers import admin_uri
 
 pytestmark = [pytest.mark.system]
 
@@ -44,11 +45,11 @@ class NoGM:
 def race_db(system) -> Iterator[str]:
     name = f"race_test_{random.randrange(1 << 30):x}"
     yield name
-    pymongo.MongoClient(system.mongo_uri).drop_database(name)
+    pymongo.MongoClient(admin_uri(system)).drop_database(name)
 
 
 def store_for(system, db: str) -> Store:
-    return Store(pymongo.MongoClient(system.mongo_uri, tz_aware=True)[db])
+    return Store(pymongo.MongoClient(admin_uri(system), tz_aware=True)[db])
 
 
 def submit(store: Store, rng: random.Random, n: int) -> None:

@@ -21,6 +21,7 @@ from Common.ops.remote import start_worker as remote_start
 from Common.ops.remote import stop_worker as remote_stop
 from Common.ops.remote import worker_status as remote_status
 from Common.ops.supervise import ALIVE_STATES, Supervisor
+from Common.store.credentials import read_credentials, strip_credentials, uri_credentials
 
 
 def cluster_dir(cfg: Config) -> Path:
@@ -55,7 +56,7 @@ def apply_cluster_mode(cfg: Config) -> bool:
 def control_env(cfg: Config) -> dict[str, str]:
     """What a remote Worker needs to find the control plane (its node key is shipped as a file)."""
     return {
-        "MONGO_URI": cfg.mongo_uri,
+        "MONGO_URI": strip_credentials(cfg.mongo_uri),  # the password goes as a 0600 file, never in argv
         "RSWARM_MONGO_DATABASE": cfg.mongo.database,
         "RSWARM_DISCOVERY_HOST": cfg.discovery.host,
         "RSWARM_DISCOVERY_PORT": str(cfg.discovery.port),
@@ -66,6 +67,7 @@ def control_env(cfg: Config) -> dict[str, str]:
         "RSWARM_WORKER_SWEEP_SECONDS": str(cfg.worker.sweep_seconds),
         "RSWARM_ZMQ_MAX_FRAME_BYTES": str(cfg.zmq.max_frame_bytes),
         "RSWARM_ZMQ_REPLAY_WINDOW_SECONDS": str(cfg.zmq.replay_window_seconds),
+        "RSWARM_STORAGE_CHECKPOINT_QUOTA_BYTES": str(cfg.storage.checkpoint_quota_bytes),
     }
 
 
@@ -159,9 +161,15 @@ def start_workers(cfg: Config, inv: Inventory, names: list[str] | None = None, s
     pids = {}
     for h in sessions(inv, names):
         with Session(h, Path(inv.known_hosts)) as s:
-            pids[h.name] = remote_start(s, key_file_text(cfg.token(), h.name), control_env(cfg))
+            pids[h.name] = remote_start(s, key_file_text(cfg.token(), h.name), control_env(cfg),
+                                        worker_credentials(cfg))
             say(f"Worker on {h.name} ({h.address}): pid {pids[h.name]}")
     return pids
+
+
+def worker_credentials(cfg: Config) -> dict[str, str] | None:
+    """What a remote Worker authenticates with: the worker role's (embedded server), or the user of MONGO_URI."""
+    return uri_credentials(cfg.mongo_uri) or read_credentials(cfg, "worker")
 
 
 def stop_workers(inv: Inventory, names: list[str] | None = None, say=print) -> None:

@@ -40,16 +40,20 @@ CRIU_DIR = "/usr/local/lib/rswarm-criu"  # built by dependences.sh
 
 # Run inside `nsenter --net=NS -- unshare --mount --uts --propagation slave`: keep the cgroup tree, give
 # the namespace its own sysfs (so dockerd sees its own interfaces), set the hostname, exec dockerd.
+# The engine listens on its unix socket only: an unauthenticated TCP API (the old -H tcp://ADDR:2375)
+# would give root on this machine to anything that reaches the bridge, job containers included. Every
+# user of an emulated host's engine (GlobalManager, the Workers started over SSH, `cluster status`,
+# tests) runs on this machine and uses Host.docker_url, the socket.
 NODE_SCRIPT = r"""
 set -e
-sock_dir="$1"; data="$2"; name="$3"; addr="$4"; experimental="$5"
+sock_dir="$1"; data="$2"; name="$3"; experimental="$4"
 mkdir -p "$sock_dir/cg"
 mount --rbind /sys/fs/cgroup "$sock_dir/cg"
 mount -t sysfs sysfs /sys
 mount --rbind "$sock_dir/cg" /sys/fs/cgroup
 hostname "$name"
 set -- --data-root "$data" --exec-root "$sock_dir/exec" --pidfile "$sock_dir/docker.pid" \
-  -H "unix://$sock_dir/docker.sock" -H "tcp://$addr:2375" --tls=false --cgroup-parent "/$name" \
+  -H "unix://$sock_dir/docker.sock" --cgroup-parent "/$name" \
   --storage-driver overlay2 --label "node=$name"
 if [ "$experimental" = 1 ]; then set -- "$@" --experimental; fi
 exec dockerd "$@"
@@ -190,7 +194,7 @@ def start_dockerd(h: Host, experimental: bool) -> None:
         env["PATH"] = f"{CRIU_DIR}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
     subprocess.Popen(
         ["nsenter", f"--net=/run/netns/{h.netns}", "--", "unshare", "--mount", "--uts", "--propagation", "slave",
-         "--", "sh", "-c", NODE_SCRIPT, "node", h.sock_dir, str(Path(h.data_dir) / "docker"), h.name, h.address,
+         "--", "sh", "-c", NODE_SCRIPT, "node", h.sock_dir, str(Path(h.data_dir) / "docker"), h.name,
          "1" if experimental else "0"],
         stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
     )

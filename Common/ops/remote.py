@@ -314,9 +314,10 @@ def worker_pid(s: Session) -> int | None:
     return w["pid"] if w and w["state"] in ALIVE_STATES else None
 
 
-def start_worker(s: Session, node_key: str, control: dict[str, str]) -> int:
+def start_worker(s: Session, node_key: str, control: dict[str, str],
+                 mongo_credentials: dict[str, str] | None = None) -> int:
     """Start the host's Worker unless it runs. ``node_key`` (Common.keys.key_file_text) is this node's ZeroMQ
-    key, its only credential: the API token never leaves the control plane."""
+    key (the API token never leaves the control plane); ``mongo_credentials`` its MongoDB user, if any."""
     h = s.h
     python = _python(h)
     if s.run(["test", "-x", python])[0] != 0:
@@ -326,6 +327,9 @@ def start_worker(s: Session, node_key: str, control: dict[str, str]) -> int:
     s.check(["chmod", "700", h.run_dir, f"{h.run_dir}/supervisor"])
     s.check(["mkdir", "-p", f"{h.run_dir}/logs"])
     s.put_text(f"{h.run_dir}/{key_file_name(h.name)}", node_key, 0o600)
+    if mongo_credentials:  # read by Store.connect (Common/store/credentials.py); the directory is 0700
+        s.check(["mkdir", "-p", "-m", "700", f"{h.run_dir}/secrets"])
+        s.put_text(f"{h.run_dir}/secrets/mongo-worker.json", json.dumps(mongo_credentials), 0o600)
     env = {**worker_env(h, control), "PYTHONPATH": h.repo, "RSWARM_SUPERVISION_METRICS": "1"}
     sup = Supervisor(Path(h.run_dir), python=python)  # paths only: nothing is touched on this side
     try:

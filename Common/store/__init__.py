@@ -16,6 +16,7 @@ from pymongo.database import Database
 from Common.config import Config
 from Common.metrics import mongo_listener
 from Common.store.checkpoints import CheckpointStore
+from Common.store.credentials import client_options
 from Common.store.events import EventLog
 from Common.store.evms import EvmStore
 from Common.store.jobs import JobStore
@@ -50,7 +51,10 @@ class Store:
         self.checkpoints = CheckpointStore(db)
 
     @classmethod
-    def connect(cls, cfg: Config, app_name: str = "rswarm") -> Store:
+    def connect(cls, cfg: Config, app_name: str = "rswarm", role: str | None = None) -> Store:
+        """Connect as ``role`` ("control", "worker" or "admin"; default: "worker" for a Worker's app name,
+        else "control"), with that role's credentials from its 0600 file (Common/store/credentials.py)."""
+        role = role or ("worker" if app_name.startswith("worker") else "control")
         client: pymongo.MongoClient = pymongo.MongoClient(
             cfg.mongo_uri,
             appname=app_name,
@@ -62,6 +66,7 @@ class Store:
             tz_aware=True,
             event_listeners=[mongo_listener()],  # rswarm_mongo_operation_seconds
             **embedded_options(cfg),
+            **client_options(cfg, role),
         )
         return cls(client[cfg.mongo.database])
 

@@ -42,12 +42,19 @@ class CheckpointStore:
     def ensure_indexes(self) -> None:
         self.col.create_index([("node", ASCENDING), ("state", ASCENDING)])
         self.col.create_index([("job_id", ASCENDING), ("task", ASCENDING), ("created_at", DESCENDING)])
+        # GridFS's own indexes, made here by the control plane: a Worker's first upload would otherwise try
+        # to create them, and the worker role may not create indexes (Common/ops/mongo.py).
+        db = self.col.database
+        db["checkpoint_files.files"].create_index([("filename", ASCENDING), ("uploadDate", ASCENDING)])
+        db["checkpoint_files.chunks"].create_index([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)
 
     # ---- records --------------------------------------------------------------------------------
     def request(self, job_id: str, task: str, attempt: int, node: str, leave_running: bool,
-                purpose: str = "user", migration_id: str | None = None) -> dict[str, Any]:
+                purpose: str = "user", migration_id: str | None = None, keep: bool = False) -> dict[str, Any]:
+        """``keep``: the checkpoint outlives its job (only DELETE removes it); otherwise it goes when the job
+        ends (a migration's own checkpoint goes when the migration ends)."""
         doc = {"_id": new_checkpoint_id(), "job_id": job_id, "task": task, "attempt": attempt, "node": node,
-               "leave_running": leave_running, "purpose": purpose, "migration_id": migration_id,
+               "leave_running": leave_running, "purpose": purpose, "migration_id": migration_id, "keep": keep,
                "state": REQUESTED, "files": [], "size": 0, "created_at": time.time(), "reason": None,
                "timings": {}}
         self.col.insert_one(doc)
@@ -76,6 +83,17 @@ class CheckpointStore:
         for f in self.files.find({"metadata.checkpoint": ckpt_id}):
             self.files.delete(f._id)
         return self.col.delete_one({"_id": ckpt_id}).deleted_count == 1
+
+    def delete_for_migration(self, mig_id: str) -> int:
+        """Delete every checkpoint taken for migration ``mig_id`` (with its files); the number deleted."""
+        ids = [c["_id"] for c in self.col.find({"migration_id": mig_id, "state": {"$ne": REQUESTED}}, {"_id": 1})]
+        return sum(self.delete(i) for i in ids)
+
+    def used_bytes(self) -> int:
+        """Bytes stored in checkpoint files right now (GridFS), uploads in progress included."""
+        files = self.col.database["checkpoint_files.files"]
+        rows = list(files.aggregate([{"$group": {"_id": None, "n": {"$sum": "$length"}}}]))
+        return int(rows[0]["n"]) if rows else 0
 
     # ---- files ----------------------------------------------------------------------------------
     def upload(self, ckpt_id: str, directory: Path) -> list[dict[str, Any]]:
