@@ -28,6 +28,7 @@ from Common import keys as keymod
 from Common import messaging
 from Common.config import Config
 from Common.keys import Keyring, node_key
+from Common.store import credentials
 from tests.conftest import ROOT, SLOT, TEST_CLUSTER
 from tests.helpers import Api, sleeper, task_job, wait_for
 
@@ -251,7 +252,10 @@ def captured_worker(system: Config, store, tmp_path: Path) -> Iterator[dict]:
     capture = zmq.Context.instance().socket(zmq.PULL)
     capture.setsockopt(zmq.LINGER, 0)
     capture.bind(f"tcp://127.0.0.1:{port}")
-    keymod.write_key_file(tmp_path, node, system.token())  # what Management.py ships to a Worker
+    keymod.write_key_file(tmp_path, node, system.token())  # what Management.py ships to a Worker, with its
+    creds = credentials.read_credentials(system, "worker")  # MongoDB user (None when auth is off)
+    if creds:
+        credentials.write_credentials(tmp_path / "secrets" / "mongo-worker.json", creds["user"], creds["password"])
     env = {k: v for k, v in os.environ.items() if k != "RSWARM_API_TOKEN"}  # the Worker needs no API token
     env.update({"RSWARM_RUN_DIR": str(tmp_path), "RSWARM_WORKER_NAME": node, "RSWARM_DISCOVERY_PORT": str(port),
                 "RSWARM_CLUSTER_ID": f"{TEST_CLUSTER}-fz",  # never sees this deployment's containers
