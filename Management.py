@@ -262,17 +262,12 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: st
         _wait(f"worker(s) {', '.join(names)} to register", registered, 120, procs, "" if remote else "worker")
         if prepared:
             assert inv is not None
-            hosts_ops.wait_ready(cfg, inv.hosts, lambda n: registered_one(store, n, started), say=say)
+            hosts_ops.wait_ready(cfg, inv.hosts, lambda n: hosts_ops.registered(store, n, started), say=say)
     for actor in actors:
         if not procs.alive(actor):
             raise ManagementError(f"{actor} exited; see {procs.log_dir / (actor + '.log')}")
     store.close()
     say(f"up: FrontEnd {cfg.frontend_url}/api/v1/docs  GlobalManager {cfg.globalmanager_url}/api/v1/docs")
-
-
-def registered_one(store: Any, name: str, since: float) -> bool:
-    w = store.workers.get(name)
-    return bool(w and w.get("heartbeat_at", 0) >= since - 1 and w.get("state") in ("READY", "DRAINING"))
 
 
 def remove_workloads(cfg: Config) -> None:
@@ -579,6 +574,8 @@ def cluster_command(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def hosts_command(cfg: Config, args: argparse.Namespace) -> int:
+    from pymongo.errors import PyMongoError
+
     from Common.ops import cluster
     from Common.ops.remote import trust_host_key
 
@@ -620,63 +617,37 @@ def hosts_command(cfg: Config, args: argparse.Namespace) -> int:
     except cluster.RemoteError as exc:
         print(f"Management.py: {exc}", file=sys.stderr)
         return 1
+    except PyMongoError as exc:
+        print(f"Management.py: MongoDB at {cfg.mongo_uri} unavailable (is the control plane up?): "
+              f"{exc.__class__.__name__}", file=sys.stderr)
+        return 1
     return 0
 
 
 def hosts_add(cfg: Config, path: Path, inv: Any, name: str, args: argparse.Namespace) -> int:
-    """Grow a running cluster by one prepared host: inventory entry, provisioning, join, Worker, Ready."""
+    """Grow a running cluster by one prepared host (Common/ops/inventory.py does the work)."""
     from Common.ops import cluster
     from Common.ops import inventory as hosts_ops
-    from Common.ops.remote import RemoteHost
-    from Common.store import Store
 
-    if not args.address:
+    if not args.host_address:
         print("Management.py: hosts add needs --address", file=sys.stderr)
         return 2
     if cluster.load_spec(cfg) is not None:
         print("Management.py: an emulated cluster grows with `cluster up --workers N`", file=sys.stderr)
         return 2
-    like = inv.hosts[0] if inv.hosts else None
-    fields = {k: getattr(args, k) or (getattr(like, k) if like else "") for k in
-              ("user", "key", "repo", "run_dir", "docker_url", "cores", "memory")}
-    missing = [k for k in ("user", "key", "repo", "run_dir") if not fields[k]]
-    if missing:
-        print(f"Management.py: hosts add needs --{missing[0].replace('_', '-')} (no other host to copy it from)",
-              file=sys.stderr)
-        return 2
-    host = RemoteHost(name=name, address=args.address, port=args.port or (like.port if like else 22),
-                      **{k: v for k, v in fields.items() if v or k in ("cores", "memory")})
-    manager, control = hosts_ops.resolve_addresses(cfg, hosts_ops.Inventory(inv.known_hosts, [*inv.hosts, host],
-                                                                            inv.manager_address), str(path))
-    hosts_ops.apply_control_address(cfg, manager, control)
-    inv = hosts_ops.add_host(path, host)  # validated; refused (file untouched) when invalid
-    host = inv.get(name)
-    started = time.time()
-    hosts_ops.bring_up_hosts(cfg, inv, [host], resolve_images(HOST_IMAGES.split(",")))
-    cluster.start_workers(cfg, inv, [name])
-    store = Store.connect(cfg, "management")
-    try:
-        hosts_ops.wait_ready(cfg, [host], lambda n: registered_one(store, n, started))
-    finally:
-        store.close()
+    given = {k: getattr(args, f"host_{k}") for k in ("address", "user", "key", "repo", "run_dir", "docker_url",
+                                                     "cores", "memory", "port") if getattr(args, f"host_{k}")}
+    hosts_ops.grow(cfg, path, inv, name, given, resolve_images(HOST_IMAGES.split(",")),
+                   start=lambda inv, names: cluster.start_workers(cfg, inv, names))
     return 0
 
 
 def hosts_remove(cfg: Config, path: Path, inv: Any, name: str) -> None:
-    """Shrink the cluster by one host: its Worker stops, its containers go, it leaves the Swarm and the
-    manager's node list, its Worker record is forgotten (its jobs restart elsewhere), the inventory drops it."""
     from Common.ops import cluster
     from Common.ops import inventory as hosts_ops
 
-    h = inv.get(name)
-    single = hosts_ops.Inventory(inv.known_hosts, [h], inv.manager_address)
-    cluster.stop_workers(single)
-    hosts_ops.clean_workloads(cfg, single, h)
-    if cluster.load_spec(cfg) is None:
-        hosts_ops.leave(cfg, single, h)
-    forget_workers(cfg, [name])
-    hosts_ops.drop_host(path, name)
-    print(f"{name}: removed from the cluster and from {path}")
+    hosts_ops.shrink(cfg, path, inv, name, emulated=cluster.load_spec(cfg) is not None,
+                     stop=lambda inv: cluster.stop_workers(inv))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -722,9 +693,12 @@ def main(argv: list[str] | None = None) -> int:
     p_hosts.add_argument("--inventory", help="inventory file (default: the one `up` used, or the emulated "
                                              "cluster's)")
     for flag in ("address", "user", "key", "repo", "run-dir", "docker-url", "cores", "memory"):
-        p_hosts.add_argument(f"--{flag}", default="", help=f"`hosts add`: the new host's {flag} (default: "
-                                                           "the first host's; --address is required)")
-    p_hosts.add_argument("--port", type=int, default=0, help="`hosts add`: its SSH port (default: the first host's)")
+        # dest host_*: `--run-dir` must not shadow the global --run-dir
+        p_hosts.add_argument(f"--{flag}", dest=f"host_{flag.replace('-', '_')}", default="",
+                             help=f"`hosts add`: the new host's {flag} (default: the first host's; --address "
+                                  "is required)")
+    p_hosts.add_argument("--port", dest="host_port", type=int, default=0,
+                         help="`hosts add`: its SSH port (default: the first host's)")
     p_hosts.add_argument("--json", action="store_true")
     p_stress = sub.add_parser("stress", help="run the StressClient against this deployment "
                                              "(same as python -m StressClient MODE ...; see stress --help)",

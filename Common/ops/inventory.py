@@ -48,6 +48,7 @@ import paramiko
 
 from Common.config import REPO_ROOT, Config
 from Common.ops.remote import Inventory, RemoteError, RemoteHost, Session, load_inventory, write_inventory
+from Common.store import Store
 
 DEFAULT_SWARM_POOL = "10.90.0.0/16"
 WHEELS_DIR = ".wheels"  # under the host's repo: the pinned wheels, so the host needs no package index
@@ -492,3 +493,66 @@ def _rewrite(path: Path, inv: Inventory) -> Inventory:
         raise
     os.replace(tmp, path)
     return checked
+
+
+# ---- growing and shrinking a running cluster ------------------------------------------------------
+def registered(store: Store, name: str, since: float) -> bool:
+    """The host's Worker has registered (READY or DRAINING) and beaten since ``since``."""
+    w = store.workers.get(name)
+    return bool(w and w.get("heartbeat_at", 0) >= since - 1 and w.get("state") in ("READY", "DRAINING"))
+
+
+def grow(cfg: Config, path: Path, inv: Inventory, name: str, given: dict[str, Any], images: list[str],
+         start: Callable[[Inventory, list[str]], object], say: Callable[[str], None] = print) -> None:
+    """``hosts add``: a new inventory entry (fields not given are the first host's), provisioned, joined,
+    its Worker started, Ready. The inventory file is only rewritten when the entry is valid."""
+    like = inv.hosts[0] if inv.hosts else None
+    fields = {k: given.get(k) or (getattr(like, k) if like else None) for k in
+              ("user", "key", "repo", "run_dir", "docker_url", "port", "cores", "memory")}
+    missing = [k for k in ("user", "key", "repo", "run_dir") if not fields[k]]
+    if missing:
+        raise InventoryError(f"hosts add needs --{missing[0].replace('_', '-')} (no other host to copy it from)")
+    host = RemoteHost(name=name, address=given["address"], **{k: v for k, v in fields.items() if v is not None})
+    manager, control = resolve_addresses(cfg, Inventory(inv.known_hosts, [*inv.hosts, host], inv.manager_address),
+                                         str(path))
+    apply_control_address(cfg, manager, control)
+    inv = add_host(path, host)
+    host = inv.get(name)
+    started = time.time()
+    bring_up_hosts(cfg, inv, [host], images, say)
+    start(inv, [name])
+    store = Store.connect(cfg, "management")
+    try:
+        wait_ready(cfg, [host], lambda n: registered(store, n, started), say=say)
+    finally:
+        store.close()
+
+
+def shrink(cfg: Config, path: Path, inv: Inventory, name: str, emulated: bool,
+           stop: Callable[[Inventory], object], drain_timeout: float = 120.0,
+           say: Callable[[str], None] = print) -> None:
+    """``hosts remove``: drain the host (its jobs restart elsewhere) and wait until it holds no claim (bounded:
+    a dead host never empties), stop its Worker, remove our containers there, leave the Swarm and the
+    manager's node list, forget its Worker record, drop it from the inventory."""
+    h = inv.get(name)
+    single = Inventory(inv.known_hosts, [h], inv.manager_address, inv.swarm_pool)
+    store = Store.connect(cfg, "management")
+    try:
+        if store.workers.set_drain(name, True) is not None:
+            say(f"{name}: draining")
+            deadline = time.monotonic() + drain_timeout
+            while time.monotonic() < deadline and (store.workers.get(name) or {}).get("allocations"):
+                time.sleep(0.5)
+            left = (store.workers.get(name) or {}).get("allocations") or {}
+            if left:
+                say(f"{name}: still holds {len(left)} claim(s) after {drain_timeout:.0f}s; removing it anyway")
+        stop(single)
+        clean_workloads(cfg, single, h)
+        if not emulated:
+            leave(cfg, single, h, say)
+        if not store.workers.forget(name):
+            say(f"{name}: its Worker record goes once its work has moved away")
+    finally:
+        store.close()
+    drop_host(path, name)
+    say(f"{name}: removed from the cluster and from {path}")
