@@ -77,6 +77,12 @@ def netns_pids(name: str) -> list[int]:
     return [int(p) for p in run(["ip", "netns", "pids", name], check=False).stdout.split() if p.isdigit()]
 
 
+def our_cgroups() -> list[Path]:
+    found = [d for top in Path("/sys/fs/cgroup").glob(f"*/{P}-*") for d in [top, *top.rglob("*")] if d.is_dir()]
+    found += [d for top in Path("/sys/fs/cgroup").glob(f"{P}-*") for d in [top, *top.rglob("*")] if d.is_dir()]
+    return sorted(set(found), key=lambda d: len(d.parts), reverse=True)
+
+
 FORWARD = ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
 
 
@@ -103,6 +109,9 @@ def teardown_hosts() -> None:
         run(["iptables", "-D", *FORWARD], check=False)
     if Path(f"/sys/class/net/{BRIDGE}").exists():
         run(["ip", "link", "del", BRIDGE], check=False)
+    for cg in our_cgroups():  # the dockerds' --cgroup-parent directories, deepest first
+        with contextlib.suppress(OSError):
+            cg.rmdir()
     for d in (SOCKS, DATA):
         if d.exists():
             for m in sorted((line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
@@ -329,6 +338,12 @@ def test_hosts_remove_then_add_shrinks_and_grows_the_cluster(hosts: Hosts) -> No
     assert f'name = "{name}"' not in hosts.inventory.read_text()
     assert name not in hosts.workers(), (r.stdout, hosts.workers().get(name))  # drained first, then forgotten
     assert not (DATA / name / "run" / "worker.pid").exists()
+    # A step that fails names the host and the step, and leaves the inventory as it was.
+    before = hosts.inventory.read_text()
+    r = hosts.mgmt("hosts", "add", f"{P}-hx", "--address", addr, "--repo", "/proc/no-such-dir/repo", "--run-dir",
+                   str(DATA / name / "run"), "--docker-url", sock(name), "--inventory", str(hosts.inventory))
+    assert r.returncode == 1 and f"{P}-hx: step 'ship code' failed" in r.stderr, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and hosts.inventory.read_text() == before
     r = hosts.mgmt("hosts", "add", name, "--address", addr, "--repo", str(DATA / name / "repo"), "--run-dir",
                    str(DATA / name / "run"), "--docker-url", sock(name), "--inventory", str(hosts.inventory))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -356,6 +371,7 @@ def test_down_leave_then_teardown_leaves_nothing(hosts: Hosts) -> None:
     assert not Path(f"/sys/class/net/{BRIDGE}").exists()
     assert run(["iptables", "-C", *FORWARD], check=False).returncode != 0
     assert not DATA.exists() and not SOCKS.exists()
+    assert our_cgroups() == []
     leftover = [p for p in Path("/proc").glob("[0-9]*") if (p / "cmdline").exists()
                 and str(DATA).encode() in (p / "cmdline").read_bytes()]
     assert leftover == []

@@ -467,8 +467,8 @@ def wait_ready(cfg: Config, hosts: list[RemoteHost], registered: Callable[[str],
                              f"{', '.join(sorted(pending))}")
 
 
-def add_host(path: Path, host: RemoteHost) -> Inventory:
-    """Append ``host`` to the inventory file (validated as a whole before the file is replaced)."""
+def add_host(path: Path, host: RemoteHost) -> tuple[Inventory, Callable[[], None]]:
+    """The inventory with ``host`` appended, validated as a whole, and the call that writes it to ``path``."""
     inv = load_inventory(path)
     if any(h.name == host.name for h in inv.hosts):
         raise InventoryError(f"{path}: a host {host.name!r} is already listed")
@@ -480,10 +480,12 @@ def drop_host(path: Path, name: str) -> Inventory:
     inv = load_inventory(path)
     inv.get(name)
     inv.hosts = [h for h in inv.hosts if h.name != name]
-    return _rewrite(path, inv)
+    checked, commit = _rewrite(path, inv)
+    commit()
+    return checked
 
 
-def _rewrite(path: Path, inv: Inventory) -> Inventory:
+def _rewrite(path: Path, inv: Inventory) -> tuple[Inventory, Callable[[], None]]:
     tmp = path.with_name(path.name + ".new")
     write_inventory(tmp, inv)
     try:
@@ -491,8 +493,7 @@ def _rewrite(path: Path, inv: Inventory) -> Inventory:
     except RemoteError:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
-    return checked
+    return checked, lambda: os.replace(tmp, path)
 
 
 # ---- growing and shrinking a running cluster ------------------------------------------------------
@@ -516,7 +517,7 @@ def grow(cfg: Config, path: Path, inv: Inventory, name: str, given: dict[str, An
     manager, control = resolve_addresses(cfg, Inventory(inv.known_hosts, [*inv.hosts, host], inv.manager_address),
                                          str(path))
     apply_control_address(cfg, manager, control)
-    inv = add_host(path, host)
+    inv, commit = add_host(path, host)  # validated now; the file changes only once the host is Ready
     host = inv.get(name)
     started = time.time()
     bring_up_hosts(cfg, inv, [host], images, say)
@@ -526,6 +527,7 @@ def grow(cfg: Config, path: Path, inv: Inventory, name: str, given: dict[str, An
         wait_ready(cfg, [host], lambda n: registered(store, n, started), say=say)
     finally:
         store.close()
+    commit()
 
 
 def shrink(cfg: Config, path: Path, inv: Inventory, name: str, emulated: bool,
