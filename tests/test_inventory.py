@@ -313,12 +313,18 @@ def test_a_host_whose_link_goes_down_loses_its_work_then_comes_back_ready(hosts:
     job_id = api.submit(task_job({"t": sleeper(600, cores=2, mem="32m")}))
     first = api.wait_tasks(job_id, "RUNNING", timeout=120)["tasks"]["t"]
     victim = first["node"]
+    link_down_at = time.time()
     run(["ip", "link", "set", veth(victim), "down"])
     try:
+        # The bound is liveness only; the measured time is printed (Discovery declares the host DOWN after
+        # HEARTBEAT_TIMEOUT, then the job restarts elsewhere as a new attempt).
         moved = wait_for("the task to run on another host",
                          lambda: (t := api.job(job_id)["tasks"]["t"])["state"] == "RUNNING" and t["node"] != victim
                          and t, HEARTBEAT_TIMEOUT + 60)
-        assert moved["attempt"] == first["attempt"] + 1
+        took = moved["state_times"]["RUNNING"] - link_down_at
+        print(f"link down -> task RUNNING on {moved['node']} after {took:.1f}s "
+              f"(heartbeat timeout {HEARTBEAT_TIMEOUT}s)", flush=True)
+        assert moved["attempt"] == first["attempt"] + 1 and "node down" in moved["reason"]
         assert hosts.workers()[victim]["state"] == "DOWN"
     finally:
         run(["ip", "link", "set", veth(victim), "up"])
