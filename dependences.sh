@@ -98,6 +98,10 @@ fi
 # ---- Docker engine and Swarm ------------------------------------------------------------------
 DOCKER=/usr/bin/docker   # Debian's client, matched to its engine (API 1.41)
 if ! "$DOCKER" version >/dev/null 2>&1; then
+  case "${DOCKER_HOST:-unix:///var/run/docker.sock}" in
+    unix:///var/run/docker.sock|unix:///run/docker.sock) ;;
+    *) die "the engine at DOCKER_HOST=$DOCKER_HOST does not answer (this script starts only the local default engine)" ;;
+  esac
   log "starting dockerd (experimental, with CRIU on its PATH)"
   mkdir -p "$RUN_DIR/logs"
   PATH="$CRIU_DIR:$PATH" nohup dockerd --experimental >>"$RUN_DIR/logs/dockerd-bootstrap.log" 2>&1 &
