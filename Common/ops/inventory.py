@@ -390,11 +390,14 @@ def leave(cfg: Config, inv: Inventory, h: RemoteHost, say: Callable[[str], None]
     try:
         with Session(h, Path(inv.known_hosts)) as s:
             rc, out = _capture(s, [_python(h), "-c", LEAVE_SCRIPT, h.docker_url])
+            try:
+                node_id = json.loads(out.strip().splitlines()[-1])["node_id"] or node_id
+            except (ValueError, KeyError, IndexError):
+                rc = rc or 1
             if rc != 0:
                 raise RemoteError(f"{h.name}: leaving the Swarm failed: {out.strip()[-500:]}")
-            node_id = json.loads(out.strip().splitlines()[-1])["node_id"] or node_id
     except RemoteError as exc:
-        say(f"{h.name}: cannot reach it to leave the Swarm ({exc}); removing its node from the manager")
+        say(f"{h.name}: could not leave the Swarm there ({exc}); removing its node from the manager")
     if node_id:
         api = manager_api(cfg)
         try:
