@@ -39,6 +39,8 @@ MODULES = {"globalmanager": "GlobalManager", "discovery": "Discovery", "jobmanag
            "frontend": "FrontEnd", "worker": "Worker"}
 SUPERVISED = ("mongo", *ACTORS)
 DOCKER_SOCK = "/var/run/docker.sock"
+# What `up --inventory` loads into every prepared host's engine ("epm": this checkout's EPM image).
+HOST_IMAGES = "rswarm/task:1,rswarm/epm-base:1,epm"
 
 
 class ManagementError(Exception):
@@ -250,15 +252,32 @@ def ensure_supervisor(cfg: Config, procs: Processes, env: dict[str, str], local_
 
 
 # ---- commands ------------------------------------------------------------------------------------
-def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: str | None = None) -> None:
+def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: str | None = None,
+       images: str = HOST_IMAGES) -> None:
     """Start whatever is not running. With an emulated cluster (or an inventory of remote hosts) the
-    Workers run on those hosts, started over SSH, instead of one local Worker."""
+    Workers run on those hosts, started over SSH, instead of one local Worker. Hosts of an inventory
+    (not an emulated cluster) are provisioned and joined to the Swarm first (Common/ops/inventory.py)."""
     from Common.ops import cluster
+    from Common.ops import inventory as hosts_ops
 
     say = (lambda *_: None) if quiet else (lambda m: print(m, flush=True))
     cluster.apply_cluster_mode(cfg)
-    inv = cluster.load_inv(cfg, inventory)
+    try:
+        inv = cluster.load_inv(cfg, inventory)
+    except cluster.RemoteError as exc:
+        raise ManagementError(str(exc)) from None
     remote = inv is not None
+    prepared = remote and cluster.load_spec(cfg) is None  # hosts the operator prepared, not `cluster up`'s
+    if prepared:
+        inv_path = cluster.inventory_path(cfg, inventory)
+        try:
+            manager, control = hosts_ops.resolve_addresses(cfg, inv, str(inv_path))
+        except hosts_ops.InventoryError as exc:
+            raise ManagementError(str(exc)) from None
+        hosts_ops.apply_control_address(cfg, manager, control)
+        record = hosts_ops.load_deployment(cfg) or {}
+        record.update(inventory=str(Path(inv_path).resolve()), manager_address=manager, control_address=control)
+        hosts_ops.save_deployment(cfg, record)
     procs = Processes(cfg)
     cfg.run_path.mkdir(parents=True, exist_ok=True)
     cfg.volume_root.mkdir(parents=True, exist_ok=True)
@@ -290,6 +309,13 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: st
     store = Store.connect(cfg, "management")
     _wait(f"MongoDB at {redact(cfg.mongo_uri)}", store.ping, 120, procs, "" if cfg.mongo.uri else "mongo")
     store.ensure_indexes()
+    if prepared:
+        assert inv is not None
+        try:
+            hosts_ops.ensure_manager(cfg, manager, inv.swarm_pool, len(inv.hosts), say)
+            hosts_ops.bring_up_hosts(cfg, inv, inv.hosts, resolve_images([i for i in images.split(",") if i]), say)
+        except cluster.RemoteError as exc:
+            raise ManagementError(str(exc)) from None
 
     started = time.time()
     actors = [a for a in ACTORS if (with_worker and not remote) or a != "worker"]
@@ -318,6 +344,9 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: st
                        for w in docs)
 
         _wait(f"worker(s) {', '.join(names)} to register", registered, 120, procs, "" if remote else "worker")
+        if prepared:
+            assert inv is not None
+            hosts_ops.wait_ready(cfg, inv.hosts, lambda n: hosts_ops.registered(store, n, started), say=say)
     for actor in actors:
         if not procs.alive(actor):
             raise ManagementError(f"{actor} exited; see {procs.log_dir / (actor + '.log')}")
@@ -339,8 +368,12 @@ def remove_workloads(cfg: Config) -> None:
         subprocess.run(["docker", "network", "rm", *nets], capture_output=True)
 
 
-def down(cfg: Config, keep_workloads: bool = False, quiet: bool = False, inventory: str | None = None) -> None:
+def down(cfg: Config, keep_workloads: bool = False, quiet: bool = False, inventory: str | None = None,
+         leave: bool = False) -> None:
+    """Stop what ``up`` started. With an inventory, its Workers too; ``leave``: the hosts also leave the Swarm,
+    are removed from the manager's node list and their Worker records are forgotten."""
     from Common.ops import cluster
+    from Common.ops import inventory as hosts_ops
 
     say = (lambda *_: None) if quiet else (lambda m: print(m, flush=True))
     cluster.apply_cluster_mode(cfg)
@@ -358,9 +391,21 @@ def down(cfg: Config, keep_workloads: bool = False, quiet: bool = False, invento
     except cluster.RemoteError as exc:
         say(f"inventory: {exc}")
         inv = None
+    spec = cluster.load_spec(cfg)
     if inv is not None:
         cluster.stop_workers(inv, say=say)
-    spec = cluster.load_spec(cfg)
+        if spec is None:  # prepared hosts: their containers and, with --leave, their Swarm membership
+            for h in inv.hosts:
+                if not keep_workloads:
+                    hosts_ops.clean_workloads(cfg, inv, h)
+                if leave:
+                    try:
+                        hosts_ops.leave(cfg, inv, h, say)
+                    except cluster.RemoteError as exc:
+                        say(f"{h.name}: {exc}")
+            if leave:
+                forget_workers(cfg, [h.name for h in inv.hosts])
+                hosts_ops.deployment_file(cfg).unlink(missing_ok=True)
     if not keep_workloads:
         if spec is not None:
             cluster.remove_cluster_workloads(cfg, spec)
@@ -647,6 +692,8 @@ def cluster_command(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def hosts_command(cfg: Config, args: argparse.Namespace) -> int:
+    from pymongo.errors import PyMongoError
+
     from Common.ops import cluster
     from Common.ops.remote import trust_host_key
 
@@ -678,10 +725,49 @@ def hosts_command(cfg: Config, args: argparse.Namespace) -> int:
         elif args.action == "trust":
             for h in cluster.sessions(inv, names):
                 print(f"{h.name}: trusted {trust_host_key(h, Path(inv.known_hosts))}")
+        elif args.action in ("add", "remove"):
+            if not names or len(names) != 1:
+                print(f"Management.py: hosts {args.action} takes exactly one host name", file=sys.stderr)
+                return 2
+            path = cluster.inventory_path(cfg, args.inventory)
+            assert path is not None
+            if args.action == "add":
+                return hosts_add(cfg, path, inv, names[0], args)
+            hosts_remove(cfg, path, inv, names[0])
     except cluster.RemoteError as exc:
         print(f"Management.py: {exc}", file=sys.stderr)
         return 1
+    except PyMongoError as exc:
+        print(f"Management.py: MongoDB at {cfg.mongo_uri} unavailable (is the control plane up?): "
+              f"{exc.__class__.__name__}", file=sys.stderr)
+        return 1
     return 0
+
+
+def hosts_add(cfg: Config, path: Path, inv: Any, name: str, args: argparse.Namespace) -> int:
+    """Grow a running cluster by one prepared host (Common/ops/inventory.py does the work)."""
+    from Common.ops import cluster
+    from Common.ops import inventory as hosts_ops
+
+    if not args.host_address:
+        print("Management.py: hosts add needs --address", file=sys.stderr)
+        return 2
+    if cluster.load_spec(cfg) is not None:
+        print("Management.py: an emulated cluster grows with `cluster up --workers N`", file=sys.stderr)
+        return 2
+    given = {k: getattr(args, f"host_{k}") for k in ("address", "user", "key", "repo", "run_dir", "docker_url",
+                                                     "cores", "memory", "port") if getattr(args, f"host_{k}")}
+    hosts_ops.grow(cfg, path, inv, name, given, resolve_images(HOST_IMAGES.split(",")),
+                   start=lambda inv, names: cluster.start_workers(cfg, inv, names))
+    return 0
+
+
+def hosts_remove(cfg: Config, path: Path, inv: Any, name: str) -> None:
+    from Common.ops import cluster
+    from Common.ops import inventory as hosts_ops
+
+    hosts_ops.shrink(cfg, path, inv, name, emulated=cluster.load_spec(cfg) is not None,
+                     stop=lambda inv: cluster.stop_workers(inv))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -699,6 +785,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("demo", help="up, then run a sample workload end to end")
     p_up.add_argument("--inventory", help="run the Workers on the hosts of this inventory file, over SSH")
     p_down.add_argument("--inventory", help="also stop the Workers on the hosts of this inventory file")
+    p_down.add_argument("--leave", action="store_true", help="with an inventory: the hosts also leave the "
+                        "Swarm and are removed from its node list")
+    p_up.add_argument("--images", default=HOST_IMAGES, help="with --inventory: local images loaded into each "
+                      f"host's engine; 'epm' is this checkout's EPM image (default {HOST_IMAGES})")
     p_cluster = sub.add_parser("cluster", help="an emulated multi-node Swarm on this machine")
     csub = p_cluster.add_subparsers(dest="cluster_command", required=True)
     c_up = csub.add_parser("up", help="N hosts (netns + dockerd + sshd) joined to a Swarm, then the system on it")
@@ -717,9 +807,18 @@ def main(argv: list[str] | None = None) -> int:
     c_status = csub.add_parser("status", help="hosts, daemons, Swarm membership, Worker processes")
     c_status.add_argument("--json", action="store_true")
     p_hosts = sub.add_parser("hosts", help="Worker processes on remote hosts, over SSH")
-    p_hosts.add_argument("action", choices=["status", "start", "stop", "logs", "ship", "trust"])
-    p_hosts.add_argument("names", nargs="*", help="only these hosts (default: all; `logs` takes one)")
-    p_hosts.add_argument("--inventory", help="inventory file (default: the emulated cluster's)")
+    p_hosts.add_argument("action", choices=["status", "start", "stop", "logs", "ship", "trust", "add", "remove"])
+    p_hosts.add_argument("names", nargs="*", help="only these hosts (default: all; `logs`, `add` and `remove` "
+                                                  "take one)")
+    p_hosts.add_argument("--inventory", help="inventory file (default: the one `up` used, or the emulated "
+                                             "cluster's)")
+    for flag in ("address", "user", "key", "repo", "run-dir", "docker-url", "cores", "memory"):
+        # dest host_*: `--run-dir` must not shadow the global --run-dir
+        p_hosts.add_argument(f"--{flag}", dest=f"host_{flag.replace('-', '_')}", default="",
+                             help=f"`hosts add`: the new host's {flag} (default: the first host's; --address "
+                                  "is required)")
+    p_hosts.add_argument("--port", dest="host_port", type=int, default=0,
+                         help="`hosts add`: its SSH port (default: the first host's)")
     p_hosts.add_argument("--json", action="store_true")
     p_stress = sub.add_parser("stress", help="run the StressClient against this deployment "
                                              "(same as python -m StressClient MODE ...; see stress --help)",
@@ -740,9 +839,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "up":
-            up(cfg, with_worker=not args.no_worker, inventory=args.inventory)
+            up(cfg, with_worker=not args.no_worker, inventory=args.inventory, images=args.images)
         elif args.command == "down":
-            down(cfg, keep_workloads=args.keep_workloads, inventory=args.inventory)
+            if args.leave and not args.inventory:
+                parser.error("--leave needs --inventory")
+            down(cfg, keep_workloads=args.keep_workloads, inventory=args.inventory, leave=args.leave)
         elif args.command == "cluster":
             return cluster_command(cfg, args)
         elif args.command == "hosts":

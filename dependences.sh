@@ -8,6 +8,14 @@
 # Installs Debian packages, creates .venv with the pinned Python dependencies, starts dockerd when
 # none answers, initialises a single-node Swarm when inactive, and builds the local images
 # (nothing is ever pulled from a registry).
+#
+# Environment (all optional):
+#   DOCKER_HOST                          the engine to use (default: the local socket; a worker host's own)
+#   RSWARM_GLOBALMANAGER_ADVERTISE_ADDR  the address a new Swarm advertises (default 127.0.0.1: one machine
+#                                        only; give the address other hosts reach for a multi-host Swarm)
+#   RSWARM_WHEELHOUSE                    install the pinned wheels from this directory, without any index
+#   RSWARM_BUILD_IMAGES=0                build no image (`up --inventory` ships them from the control machine)
+# Role Worker never initialises, joins or leaves a Swarm: `Management.py up --inventory` joins the host.
 set -euo pipefail
 
 ROLE="${1:-all}"
@@ -48,7 +56,10 @@ stamp_want="$(cat "$LOCK" ${LOCK_TEST:+"$LOCK_TEST"} | sha256sum | cut -c1-16)"
 if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.rswarm-stamp 2>/dev/null)" != "$stamp_want" ]; then
   log "creating .venv with the pinned dependencies ($LOCK${LOCK_TEST:+ + $LOCK_TEST})"
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r "$LOCK" ${LOCK_TEST:+-r "$LOCK_TEST"}
+  PIP_SOURCE=()
+  if [ -n "${RSWARM_WHEELHOUSE:-}" ]; then PIP_SOURCE=(--no-index --find-links "$RSWARM_WHEELHOUSE"); fi
+  .venv/bin/python -m pip install -q --disable-pip-version-check ${PIP_SOURCE[@]+"${PIP_SOURCE[@]}"} \
+    -r "$LOCK" ${LOCK_TEST:+-r "$LOCK_TEST"}
   echo "$stamp_want" > .venv/.rswarm-stamp
 fi
 
@@ -87,6 +98,10 @@ fi
 # ---- Docker engine and Swarm ------------------------------------------------------------------
 DOCKER=/usr/bin/docker   # Debian's client, matched to its engine (API 1.41)
 if ! "$DOCKER" version >/dev/null 2>&1; then
+  case "${DOCKER_HOST:-unix:///var/run/docker.sock}" in
+    unix:///var/run/docker.sock|unix:///run/docker.sock) ;;
+    *) die "the engine at DOCKER_HOST=$DOCKER_HOST does not answer (this script starts only the local default engine)" ;;
+  esac
   log "starting dockerd (experimental, with CRIU on its PATH)"
   mkdir -p "$RUN_DIR/logs"
   PATH="$CRIU_DIR:$PATH" nohup dockerd --experimental >>"$RUN_DIR/logs/dockerd-bootstrap.log" 2>&1 &
@@ -94,11 +109,16 @@ if ! "$DOCKER" version >/dev/null 2>&1; then
   "$DOCKER" version >/dev/null 2>&1 || die "dockerd did not come up; see $RUN_DIR/logs/dockerd-bootstrap.log"
 fi
 if [ "$ROLE" != "Worker" ] && [ "$("$DOCKER" info --format '{{.Swarm.LocalNodeState}}')" = "inactive" ]; then
-  log "initialising a single-node Swarm"
-  "$DOCKER" swarm init --advertise-addr 127.0.0.1 --default-addr-pool 10.90.0.0/16 >/dev/null
+  ADVERTISE="${RSWARM_GLOBALMANAGER_ADVERTISE_ADDR:-127.0.0.1}"
+  log "initialising a Swarm advertising $ADVERTISE"
+  "$DOCKER" swarm init --advertise-addr "$ADVERTISE" --default-addr-pool 10.90.0.0/16 >/dev/null
 fi
 
 # ---- local images (no registry) -----------------------------------------------------------------
+if [ "${RSWARM_BUILD_IMAGES:-1}" = 0 ]; then
+  log "ready (role $ROLE, images not built here): $("$DOCKER" version --format 'engine {{.Server.Version}}'), swarm $("$DOCKER" info --format '{{.Swarm.LocalNodeState}}')"
+  exit 0
+fi
 
 if ! "$DOCKER" image inspect "$TASK_IMAGE" >/dev/null 2>&1; then
   log "building $TASK_IMAGE (static busybox)"

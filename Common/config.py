@@ -129,6 +129,9 @@ class Config:
     run_dir: str = ""
     api_token: str = ""
     cluster_id: str = ""
+    # Where the control plane listens and how remote Workers reach it (MongoDB, Discovery's PULL, the
+    # GM's PUB) when Workers run on other hosts; empty: the inventory's manager_address (docs/cluster.md).
+    control_address: str = ""
     mongo: MongoConfig = field(default_factory=MongoConfig)
     frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
     globalmanager: GlobalManagerConfig = field(default_factory=GlobalManagerConfig)
@@ -258,6 +261,11 @@ def _check(cfg: Config) -> None:
                 raise ConfigError(f"{where}: port must be 0 (disabled) or 1..65535, got {value}")
             if f.name.endswith("seconds") and value <= 0:
                 raise ConfigError(f"{where}: must be > 0, got {value}")
+    if cfg.control_address:
+        try:
+            ipaddress.ip_address(cfg.control_address)
+        except ValueError:
+            raise ConfigError(f"control_address: not an IP address: {cfg.control_address!r}") from None
     if not 8 <= cfg.globalmanager.network_prefix <= 29:
         raise ConfigError("globalmanager.network_prefix: must be 8..29")
     if not 4096 <= cfg.zmq.max_frame_bytes <= 16 * 1024 * 1024:
@@ -302,7 +310,7 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
                     if k not in names:
                         raise ConfigError(f"{file}: unknown key {key}.{k}")
                     setattr(sub, k, _coerce(f"{key}.{k}", getattr(sub, k), v))
-            elif key in ("run_dir", "cluster_id"):
+            elif key in ("run_dir", "cluster_id", "control_address"):
                 setattr(cfg, key, _coerce(key, "", value))
             elif key == "api_token":
                 raise ConfigError(f"{file}: api_token does not belong in a file; use RSWARM_API_TOKEN")
@@ -318,6 +326,7 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
         cfg.mongo.uri = env["MONGO_URI"]
     cfg.api_token = env.get("RSWARM_API_TOKEN", cfg.api_token)
     cfg.cluster_id = env.get("RSWARM_CLUSTER_ID", cfg.cluster_id)
+    cfg.control_address = env.get("RSWARM_CONTROL_ADDRESS", cfg.control_address)
     cfg.run_dir = str(Path(env.get("RSWARM_RUN_DIR") or cfg.run_dir or REPO_ROOT / "run").resolve())
     _check(cfg)
     return cfg

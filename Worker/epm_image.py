@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import sys
 import tarfile
 import threading
@@ -96,7 +97,8 @@ def ensure(api: docker.APIClient) -> str:
 
 def main() -> int:
     try:
-        print(ensure(docker.APIClient(base_url="unix:///var/run/docker.sock", timeout=120)))
+        print(ensure(docker.APIClient(base_url=os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock",
+                                           timeout=120)))
     except (ImageError, docker.errors.DockerException) as exc:
         print(f"epm image: {exc}", file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ from typing import Any
 
 from Common.config import REPO_ROOT, Config
 from Common.keys import key_file_text
-from Common.ops import emulated
+from Common.ops import emulated, inventory
 from Common.ops.remote import Inventory, RemoteError, RemoteHost, Session, load_inventory, write_inventory
 from Common.ops.remote import start_worker as remote_start
 from Common.ops.remote import stop_worker as remote_stop
@@ -36,13 +36,21 @@ def inventory_path(cfg: Config, given: str | None = None) -> Path | None:
     if given:
         return Path(given)
     p = cluster_dir(cfg) / "inventory.toml"
-    return p if p.exists() else None
+    if p.exists():
+        return p
+    recorded = (inventory.load_deployment(cfg) or {}).get("inventory")  # what `up --inventory` used
+    return Path(recorded) if recorded and Path(recorded).exists() else None
 
 
 def apply_cluster_mode(cfg: Config) -> bool:
-    """Point the control plane at the emulated cluster, if there is one. True when there is."""
+    """Point the control plane at the emulated cluster, if there is one, or at the addresses `up --inventory`
+    recorded. True when there is either."""
     spec = load_spec(cfg)
     if spec is None:
+        rec = inventory.load_deployment(cfg)
+        if rec and rec.get("control_address"):
+            inventory.apply_control_address(cfg, rec["manager_address"], rec["control_address"])
+            return True
         return False
     bridge = spec.bridge_address
     cfg.mongo.embedded_host = bridge

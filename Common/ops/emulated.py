@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker
+
 log = logging.getLogger(__name__)
 
 DATA_ROOT = Path("/var/lib/rswarm-emu")
@@ -285,13 +287,13 @@ def form_swarm(spec: ClusterSpec) -> None:
     if state != "active":
         run(["docker", "-H", m.docker_url, "swarm", "init", "--advertise-addr", m.address, "--listen-addr",
              f"{m.address}:2377", "--default-addr-pool", SWARM_POOL])
-    # The join token is read here, by the operator's own tool on the manager host, and used at once;
-    # it is never written anywhere nor served by any API.
-    token = run(["docker", "-H", m.docker_url, "swarm", "join-token", "-q", "worker"]).stdout.strip()
+    # The join token is read here, by the operator's own tool on the manager host, and used at once through
+    # the engines' API (docker-py, in this process): it never appears in an argv, a file, a log or an API.
+    token = docker.APIClient(base_url=m.docker_url, timeout=60).inspect_swarm()["JoinTokens"]["Worker"]
     for h in spec.workers:
-        st = run(["docker", "-H", h.docker_url, "info", "--format", "{{.Swarm.LocalNodeState}}"]).stdout.strip()
-        if st != "active":
-            run(["docker", "-H", h.docker_url, "swarm", "join", "--token", token, f"{m.address}:2377"])
+        api = docker.APIClient(base_url=h.docker_url, timeout=60)
+        if api.info()["Swarm"].get("LocalNodeState") != "active":
+            api.join_swarm([f"{m.address}:2377"], token)
 
 
 def swarm_nodes(spec: ClusterSpec) -> list[dict[str, str]]:

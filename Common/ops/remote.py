@@ -10,6 +10,7 @@ quoted with shlex, and the only shell code sent is constant.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import shlex
 import stat
@@ -53,6 +54,10 @@ class RemoteHost:
 class Inventory:
     known_hosts: str
     hosts: list[RemoteHost]
+    # The Swarm manager's address as the hosts reach it (top-level ``manager_address``); empty: the
+    # config's globalmanager.advertise_addr. See Common/ops/inventory.py.
+    manager_address: str = ""
+    swarm_pool: str = ""  # the Swarm's default address pool when `up` initialises it; empty: 10.90.0.0/16
 
     def get(self, name: str) -> RemoteHost:
         for h in self.hosts:
@@ -74,6 +79,18 @@ def load_inventory(path: Path) -> Inventory:
     known = raw.get("known_hosts")
     if not isinstance(known, str) or not known:
         raise RemoteError(f"{path}: known_hosts (a file path) is required")
+    for k in raw:
+        if k not in ("known_hosts", "manager_address", "swarm_pool", "host"):
+            raise RemoteError(f"{path}: unknown top-level key {k!r}")
+    manager_address = raw.get("manager_address", "")
+    swarm_pool = raw.get("swarm_pool", "")
+    try:
+        if manager_address:
+            ipaddress.ip_address(manager_address)
+        if swarm_pool:
+            ipaddress.IPv4Network(swarm_pool)
+    except (TypeError, ValueError) as exc:
+        raise RemoteError(f"{path}: manager_address/swarm_pool: {exc}") from None
     hosts = []
     for i, h in enumerate(raw.get("host", [])):
         where = f"{path}: host[{i}]"
@@ -110,11 +127,13 @@ def load_inventory(path: Path) -> Inventory:
     names = [h.name for h in hosts]
     if len(set(names)) != len(names):
         raise RemoteError(f"{path}: host names must be unique")
-    return Inventory(known_hosts=known, hosts=hosts)
+    return Inventory(known_hosts=known, hosts=hosts, manager_address=manager_address, swarm_pool=swarm_pool)
 
 
 def write_inventory(path: Path, inv: Inventory) -> None:
-    lines = [f"known_hosts = {_toml(inv.known_hosts)}", ""]
+    lines = [f"known_hosts = {_toml(inv.known_hosts)}"]
+    lines += [f"{k} = {_toml(getattr(inv, k))}" for k in ("manager_address", "swarm_pool") if getattr(inv, k)]
+    lines.append("")
     for h in inv.hosts:
         lines.append("[[host]]")
         for k in ("name", "address", "port", "user", "key", "repo", "run_dir", "docker_url", "role", "cores",
