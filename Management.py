@@ -34,6 +34,7 @@ ACTORS = ("globalmanager", "discovery", "jobmanager", "frontend", "worker")
 MODULES = {"globalmanager": "GlobalManager", "discovery": "Discovery", "jobmanager": "JobManager",
            "frontend": "FrontEnd", "worker": "Worker"}
 DOCKER_SOCK = "/var/run/docker.sock"
+HOLLOW_PER_PROCESS = 2500  # hollow nodes per process (Worker/hollow.py): 10,000 run in 4 processes
 
 
 class ManagementError(Exception):
@@ -171,7 +172,32 @@ def child_env(cfg: Config) -> dict[str, str]:
 
 
 # ---- commands ------------------------------------------------------------------------------------
-def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: str | None = None) -> None:
+def hollow_names(procs: Processes) -> list[str]:
+    """The hollow-host processes this run directory recorded (hollow-0, hollow-1, ...)."""
+    return sorted((p.stem for p in procs.pid_dir.glob("hollow-*.json")), key=lambda n: int(n.split("-")[1]))
+
+
+def start_hollow(cfg: Config, procs: Processes, env: dict[str, str], spec: str, say) -> list[str]:
+    """N hollow nodes in ceil(N / HOLLOW_PER_PROCESS) processes; returns every node name."""
+    from Worker.hollow import parse_spec
+
+    n, cores, memory = parse_spec(spec)
+    nproc = -(-n // HOLLOW_PER_PROCESS)
+    names = []
+    for k in range(nproc):
+        share = n // nproc + (1 if k < n % nproc else 0)
+        prefix = f"hollow-{k}-"
+        names += [f"{prefix}{i:05d}" for i in range(share)]
+        if procs.alive(f"hollow-{k}"):
+            continue
+        say(f"starting {share} hollow workers ({cores} cores, {memory} each) as {prefix}*")
+        procs.start(f"hollow-{k}", [sys.executable, "-m", "Worker", "--hollow", f"{share}:{cores}:{memory}",
+                                    "--prefix", prefix], {**env, "RSWARM_WORKER_METRICS_PORT": "0"})
+    return names
+
+
+def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: str | None = None,
+       hollow: str | None = None) -> None:
     """Start whatever is not running. With an emulated cluster (or an inventory of remote hosts) the
     Workers run on those hosts, started over SSH, instead of one local Worker."""
     from Common.ops import cluster
@@ -220,6 +246,15 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: st
             _wait("the GlobalManager", lambda: _http_ok(f"{cfg.globalmanager_url}/api/v1/swarm"), 120, procs,
                   "globalmanager")
     _wait("the FrontEnd", lambda: _http_ok(f"{cfg.frontend_url}/api/v1/health"), 120, procs, "frontend")
+    if hollow:
+        hnames = start_hollow(cfg, procs, env, hollow, say)
+
+        def hollow_ready() -> bool:
+            return store.workers.col.count_documents({"_id": {"$in": hnames}, "hollow": True, "state": "READY",
+                                                      "heartbeat_at": {"$gte": started - 1}}) == len(hnames)
+
+        _wait(f"{len(hnames)} hollow workers to register", hollow_ready, 120 + len(hnames) / 50, procs,
+              "hollow-0")
     if with_worker:
         names = [h.name for h in inv.hosts] if inv is not None else [cfg.worker_name]
         if inv is not None:
@@ -261,9 +296,9 @@ def down(cfg: Config, keep_workloads: bool = False, quiet: bool = False, invento
     say = (lambda *_: None) if quiet else (lambda m: print(m, flush=True))
     cluster.apply_cluster_mode(cfg)
     procs = Processes(cfg)
-    for actor in ("frontend", "jobmanager", "worker", "discovery", "globalmanager"):
+    for actor in ("frontend", "jobmanager", "worker", *hollow_names(procs), "discovery", "globalmanager"):
         if procs.stop(actor):
-            say(f"stopped {MODULES[actor]}")
+            say(f"stopped {MODULES.get(actor, actor)}")
     try:
         inv = cluster.load_inv(cfg, inventory)
     except cluster.RemoteError as exc:
@@ -294,7 +329,7 @@ def status(cfg: Config) -> dict[str, Any]:
     ports = {"frontend": cfg.frontend.port, "globalmanager": cfg.globalmanager.port,
              "jobmanager": cfg.jobmanager.hint_port, "discovery": cfg.discovery.port,
              "mongo": cfg.mongo.embedded_port if not cfg.mongo.uri else None, "worker": None, "dockerd": None}
-    for name in ("dockerd", "mongo", *ACTORS):
+    for name in ("dockerd", "mongo", *ACTORS, *hollow_names(procs)):
         pid = procs.alive(name)
         if name == "dockerd" and pid is None and procs.record(name) is None:
             continue
@@ -316,7 +351,8 @@ def status(cfg: Config) -> dict[str, Any]:
         store.db.client.admin.command("ping")
         out["cluster"] = {
             "workers": [{"id": w["_id"], "state": w.get("state"), "cores": len(w["cores"]),
-                         "free_cores": len(w["free_cores"]), "mem_free": w["mem_free"]}
+                         "free_cores": len(w["free_cores"]), "mem_free": w["mem_free"],
+                         "hollow": bool(w.get("hollow"))}
                         for w in store.workers.all()],
             "jobs": store.jobs.count_by_state(),
         }
@@ -360,12 +396,22 @@ def print_status(st: dict[str, Any]) -> None:
     if not sm:
         print("jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(cl.get("jobs", {}).items())) or "none"))
         return
+    real = [w for w in sm["workers"] if not w.get("hollow")]
     table("WORKERS", ["worker", "state", "cores used", "occupancy (# = claimed)", "memory free", "tasks", "heartbeat"],
           [[w["id"], w["state"], f"{w['used']}/{w['capacity']}",
             "".join("#" if c["busy"] else "." for c in w["cores"]),
             f"{w['mem_free'] // 2**20}/{w['mem_total'] // 2**20} MiB", w["tasks"],
-            "-" if w["heartbeat_age"] is None else f"{w['heartbeat_age']} s ago"] for w in sm["workers"]],
-          "no worker has registered")
+            "-" if w["heartbeat_age"] is None else f"{w['heartbeat_age']} s ago"] for w in real],
+          "no real worker has registered")
+    hollow = [w for w in sm["workers"] if w.get("hollow")]
+    if hollow:  # thousands of them: one line per state, not one per node
+        by_state: dict[str, list[dict[str, Any]]] = {}
+        for w in hollow:
+            by_state.setdefault(w["state"], []).append(w)
+        table(f"HOLLOW WORKERS ({len(hollow)}: emulated nodes, no containers)",
+              ["state", "nodes", "cores used", "tasks"],
+              [[s, len(ws), f"{sum(w['used'] for w in ws)}/{sum(w['capacity'] for w in ws)}",
+                sum(w["tasks"] for w in ws)] for s, ws in sorted(by_state.items())], "none")
     more = f", oldest waits {sm['oldest_wait_seconds']} s" if sm["queue_length"] else ""
     table(f"QUEUE ({sm['queue_length']} waiting{more})", ["#", "job", "name", "prio", "cores", "waiting", "why"],
           [[q["position"], q["id"], q["name"], q["priority"], q["cores"], f"{q['waiting_seconds']} s", q["reason"]]
@@ -543,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start everything that is not running")
     p_up.add_argument("--no-worker", action="store_true", help="do not start a local Worker")
+    p_up.add_argument("--hollow", metavar="N[:cores[:memory]]",
+                      help=f"also run N hollow workers (emulated nodes, no containers; default 4 cores, 8g each) "
+                           f"in ceil(N/{HOLLOW_PER_PROCESS}) processes; stopped by down")
     p_down = sub.add_parser("down", help="stop everything this run directory started")
     p_down.add_argument("--keep-workloads", action="store_true", help="leave job containers and networks")
     p_status = sub.add_parser("status", help="what runs, where, and a cluster summary")
@@ -591,7 +640,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "up":
-            up(cfg, with_worker=not args.no_worker, inventory=args.inventory)
+            if args.hollow:
+                from Worker.hollow import parse_spec
+
+                try:
+                    parse_spec(args.hollow)
+                except ValueError as exc:
+                    print(f"Management.py: {exc}", file=sys.stderr)
+                    return 2
+            up(cfg, with_worker=not args.no_worker, inventory=args.inventory, hollow=args.hollow)
         elif args.command == "down":
             down(cfg, keep_workloads=args.keep_workloads, inventory=args.inventory)
         elif args.command == "cluster":

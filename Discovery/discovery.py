@@ -76,6 +76,8 @@ class Discovery:
         elif kind == "heartbeat":
             # Our clock, not the Worker's: liveness must not depend on clock skew between hosts.
             self.store.workers.heartbeat(body["node"])
+        elif kind == "heartbeats":  # a hollow host's nodes, batched (Worker/hollow.py)
+            self.store.workers.heartbeat_many([n for n in body["nodes"] if isinstance(n, str)][:5000])
 
     # ---- failure detection and evacuation ------------------------------------------------------
     def sweep(self) -> None:

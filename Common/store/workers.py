@@ -59,10 +59,12 @@ class WorkerStore:
         self.col.create_index([("state", ASCENDING)])
 
     # ---- registration and liveness ------------------------------------------------------------
-    def register(self, name: str, cores: list[int], mem_total: int, info: dict[str, Any]) -> dict[str, Any]:
+    def register(self, name: str, cores: list[int], mem_total: int, info: dict[str, Any],
+                 hollow: bool = False) -> dict[str, Any]:
         """Create or refresh a worker's record without disturbing its existing allocations.
 
         Free resources are recomputed as capacity minus allocations, under the generation guard.
+        ``hollow`` marks an emulated node that runs no container (Worker/hollow.py).
         """
         now = time.time()
         self.col.update_one(
@@ -87,6 +89,7 @@ class WorkerStore:
                 "state": DRAINING if doc.get("drain") else READY,
                 "heartbeat_at": now,
                 "info": info,
+                "hollow": hollow,
             }
             res = self.col.find_one_and_update(
                 {"_id": name, "generation": doc["generation"]},
@@ -102,6 +105,16 @@ class WorkerStore:
     def heartbeat(self, name: str, at: float | None = None) -> bool:
         res = self.col.update_one({"_id": name}, {"$set": {"heartbeat_at": at or time.time()}})
         return res.matched_count == 1
+
+    def heartbeat_many(self, names: list[str], at: float | None = None) -> int:
+        """One write for a batch of nodes' heartbeats (hollow hosts send them together)."""
+        if not names:
+            return 0
+        res = self.col.update_many({"_id": {"$in": names}}, {"$set": {"heartbeat_at": at or time.time()}})
+        return res.matched_count
+
+    def hollow_among(self, names: list[str]) -> set[str]:
+        return {d["_id"] for d in self.col.find({"_id": {"$in": names}, "hollow": True}, {"_id": 1})}
 
     def get(self, name: str) -> dict[str, Any] | None:
         return self.col.find_one({"_id": name})
