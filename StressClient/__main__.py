@@ -34,6 +34,8 @@ modes:
   random       every INTERVAL seconds a new rate drawn uniformly in [LOW, HIGH]
   replay       submit offsets and templates from a CSV or JSON trace
   report       regenerate the summary and plots of an earlier run from DIR/results.json
+  compare      the same workload once per placement strategy, side by side
+               (python -m StressClient compare --strategies A,B,... --out DIR MODE [mode arguments])
 
 Run `python -m StressClient MODE --help` for a mode's own parameters.
 """
@@ -345,6 +347,82 @@ class LiveBar:
         self.progress.update(self.task, completed=p.due, description=p.phase, stats=stats)
 
 
+def run_options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(seed=args.seed, concurrency=args.concurrency, max_backlog=args.max_backlog,
+                      drain_seconds=args.drain, cancel_at_end=not args.keep, poll_interval=args.poll_interval,
+                      sample_interval=args.sample_interval, http_timeout=args.http_timeout)
+
+
+def run_config(args: argparse.Namespace, params: dict[str, Any], names: list[str], url: str,
+               planned: int) -> dict[str, Any]:
+    return {"mode": args.mode, "params": params, "seed": args.seed, "duration": args.duration,
+            "count": args.count, "templates": names, "url": url, "concurrency": args.concurrency,
+            "max_backlog": args.max_backlog, "evms": args.evms, "argv": sys.argv[1:], "host": socket.gethostname(),
+            "planned_arrivals": planned, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "trace": getattr(args, "trace_stats", None)}
+
+
+COMPARE_HELP = """Run the same workload once per placement strategy, each on a drained system, and write one report:
+DIR/compare.json (one object per strategy), DIR/summary.txt, DIR/compare.html, waiting-time CDFs and
+utilisation/fragmentation over time as PNGs, and each run's own report in DIR/<strategy>/.
+MODE and its arguments are any StressClient mode's (replay included), e.g.
+
+  python -m StressClient compare --strategies first-fit,best-fit,min-slack --out DIR \
+      replay TRACE --format alibaba-2017 --window 0:600 --speed 20
+"""
+
+
+def compare_main(argv: list[str]) -> int:
+    from StressClient import compare
+
+    cp = argparse.ArgumentParser(prog="python -m StressClient compare", description=COMPARE_HELP,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    cp.add_argument("--strategies", type=compare.parse_strategies, required=True, metavar="A,B,...",
+                    help="placement strategies to compare, in this order (GET /api/v1/scheduler lists them)")
+    cp.add_argument("--out", required=True, metavar="DIR", help="where the comparison and each run's report go")
+    cp.add_argument("--settle", type=positive, default=300.0, metavar="S",
+                    help="wait up to S seconds for the system to drain before each run (default 300)")
+    cp.add_argument("mode_args", nargs=argparse.REMAINDER, metavar="MODE ...",
+                    help="a StressClient mode and its arguments")
+    a = cp.parse_args(argv)
+    modes = ("steady", "bursty", "incremental", "random", "replay")
+    if not a.mode_args or a.mode_args[0] not in modes:
+        cp.error(f"argument MODE: give one of {', '.join(modes)} and its arguments after --strategies and --out")
+    p = parser()
+    args = p.parse_args(a.mode_args)
+    if args.out:
+        cp.error("argument --out: give it before MODE (each strategy's run goes to DIR/<strategy>)")
+    if args.dry_run:
+        cp.error("argument --dry-run: not with compare (run the mode alone to see its schedule)")
+    arrivals, params, window, names = build_arrivals(args, p)
+    url, token = connection(args, p)
+    fe = FrontEnd(url, token, args.http_timeout)
+    problem = preflight(fe)
+    if problem:
+        print(f"StressClient: {problem}", file=sys.stderr)
+        return 1
+    try:
+        _, known = compare.strategies_known(fe)
+    except compare.CompareError as exc:
+        print(f"StressClient compare: {exc}", file=sys.stderr)
+        return 1
+    unknown = [s for s in a.strategies if s not in known]
+    if unknown:
+        cp.error(f"argument --strategies: unknown strategy {unknown[0]!r} (known: {', '.join(known)})")
+    config = run_config(args, params, names, url, len(arrivals))
+    config["argv"] = ["compare", *argv]
+    config["strategies"] = a.strategies
+    try:
+        doc = compare.run(fe, a.strategies, arrivals, run_options(args), Path(a.out), config, window, a.settle,
+                          not args.no_plots, getattr(args, "trace_lines", []))
+    except compare.CompareError as exc:
+        print(f"StressClient compare: {exc}", file=sys.stderr)
+        return 1
+    print(compare.summary_text(doc), end="")
+    print(f"results: {Path(a.out) / 'compare.json'}, {Path(a.out) / 'compare.html'}")
+    return 130 if any(m.get("interrupted") for m in doc["strategies"]) else 0
+
+
 def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     arrivals, params, window, names = build_arrivals(args, p)
     out = Path(args.out) if args.out else REPO_ROOT / "bench" / "results" / (
@@ -363,17 +441,11 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         return 1
     if out.exists() and any(out.iterdir()):
         print(f"StressClient: note: {out} is not empty; its results files are overwritten", file=sys.stderr)
-    opts = RunOptions(seed=args.seed, concurrency=args.concurrency, max_backlog=args.max_backlog,
-                      drain_seconds=args.drain, cancel_at_end=not args.keep, poll_interval=args.poll_interval,
-                      sample_interval=args.sample_interval, http_timeout=args.http_timeout)
+    opts = run_options(args)
     show = not args.no_progress and sys.stderr.isatty()
     bar = LiveBar(len(arrivals), show)
     runner = Runner(fe, arrivals, opts, bar.update)
-    config = {"mode": args.mode, "params": params, "seed": args.seed, "duration": args.duration,
-              "count": args.count, "templates": names, "url": url, "concurrency": args.concurrency,
-              "max_backlog": args.max_backlog, "evms": args.evms, "argv": sys.argv[1:], "host": socket.gethostname(),
-              "planned_arrivals": len(arrivals), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "trace": getattr(args, "trace_stats", None)}
+    config = run_config(args, params, names, url, len(arrivals))
     with bar.progress:
         result = runner.run()
     data = report.build(config, result.records, result.samples, result.started_at, result.arrivals_done_at,
@@ -398,6 +470,13 @@ def regenerate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "compare":
+        try:
+            return compare_main(argv[1:])
+        except KeyboardInterrupt:
+            print("StressClient: interrupted", file=sys.stderr)
+            return 130
     p = parser()
     args = p.parse_args(argv)
     if args.mode == "report":
