@@ -640,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "up":
-            if args.hollow:
+            if args.hollow is not None:
                 from Worker.hollow import parse_spec
 
                 try:

@@ -43,12 +43,18 @@ class Discovery:
         next_sweep = time.monotonic() + self.sweep_seconds
         while not self.stopping.is_set():
             wait = max(0.0, next_sweep - time.monotonic())
+            reports: list[dict[str, Any]] = []
             for kind, body, _sender in self.receiver.drain(min(wait, 1.0)) if self.receiver else []:
+                if kind == "task_status":
+                    reports.append(body)
+                    continue
                 try:
                     self.handle(kind, body)
                 except Exception:
                     # MongoDB hiccup or a bug: the Worker re-reports from its own sweep, so log and go on.
                     log.exception("could not apply %s %s", kind, body)
+            if reports:
+                self.on_task_statuses(reports)
             if time.monotonic() >= next_sweep:
                 try:
                     self.sweep()
@@ -146,6 +152,75 @@ class Discovery:
             self.hint("job_finished", job_id)
         elif before != after and after == JobState.RUNNING.value:
             log.info("%s RUNNING", job_id)
+
+    # ---- batched reports ---------------------------------------------------------------------------
+    def on_task_statuses(self, reports: list[dict[str, Any]]) -> None:
+        """Every task report received together: per job one read and one conditional write for all its
+        tasks (and its own state), per node one release for all its finished tasks, the events in one
+        insert. Whatever cannot be batched (the job changed meanwhile) goes through ``on_task_status``."""
+        by_job: dict[str, list[dict[str, Any]]] = {}
+        for body in reports:
+            by_job.setdefault(body["job_id"], []).append(body)
+        releases: dict[str, list[tuple[str, str]]] = {}
+        released_jobs: set[str] = set()
+        for job_id, bodies in by_job.items():
+            try:
+                if len(bodies) == 1 or not self._apply_job_reports(job_id, bodies, releases):
+                    for body in bodies:
+                        self.on_task_status(body)
+            except Exception:
+                log.exception("could not apply %d reports of %s", len(bodies), job_id)
+        for node, items in releases.items():
+            try:
+                for key in self.store.workers.release_many(node, items):
+                    released_jobs.add(key.partition(":")[0])
+            except Exception:
+                log.exception("could not release %d claims on %s (the JobManager's sweep will)", len(items), node)
+        for job_id in sorted(released_jobs):
+            self.hint("resources_released", job_id)
+
+    def _apply_job_reports(self, job_id: str, bodies: list[dict[str, Any]],
+                           releases: dict[str, list[tuple[str, str]]]) -> bool:
+        reports = []
+        for body in bodies:
+            state = TaskState(body["state"])
+            fields = {k: body.get(k) for k in ("container_id", "exit_code", "reason", "log_tail")}
+            if state not in TASK_TERMINAL:
+                fields["exit_code"] = None
+            reports.append({"task": body["task"], "attempt": body["attempt"], "state": body["state"],
+                            "at": body["at"], "fields": fields})
+        res = self.store.jobs.apply_reports(job_id, reports)
+        if res is None:
+            return False
+        doc, moved = res["doc"], res["moved"]
+        moved_keys = {(task, attempt, state) for task, attempt, state, _ in moved}
+        for body in bodies:
+            TASK_REPORTS.labels(body["state"], "applied" if (body["task"], body["attempt"], TaskState(body["state"]))
+                                in moved_keys else "stale").inc()
+        for task, attempt, state, fields in moved:
+            log.info("%s/%s#%d -> %s%s", job_id, task, attempt, state.value,
+                     f" ({fields['reason']})" if fields.get("reason") else "")
+        # Finished tasks give their claim back (token-guarded: exactly once), replayed reports included.
+        final: dict[str, int] = {}
+        for body in bodies:
+            if TaskState(body["state"]) in TASK_TERMINAL:
+                final[body["task"]] = body["attempt"]
+        for task, attempt in final.items():
+            t = doc["tasks"].get(task)
+            if t is None or t["attempt"] != attempt or not t.get("node") or not t.get("claim_token"):
+                continue
+            if task in {m[0] for m in moved} or t["state"] in {s.value for s in TASK_TERMINAL}:
+                releases.setdefault(t["node"], []).append((alloc_key(job_id, task), t["claim_token"]))
+        failed = [(task, state) for task, _a, state, _f in moved if state in (TaskState.FAILED, TaskState.LOST)]
+        if failed and self.store.jobs.request_cancel(
+                job_id, f"task {failed[0][0]} {failed[0][1].value.lower()}") is not None:
+            self.hint("job_cancelled", job_id)
+        before, after = res["job"]
+        if before != after and after in {s.value for s in JOB_TERMINAL}:
+            self.hint("job_finished", job_id)
+        elif before != after and after == JobState.RUNNING.value:
+            log.info("%s RUNNING", job_id)
+        return True
 
     def release(self, job_id: str, task: str, attempt: int) -> None:
         job = self.store.jobs.get(job_id)

@@ -88,7 +88,10 @@ def parse_spec(text: str) -> tuple[int, int, str]:
             raise ValueError(f"--hollow: cores must be 1..1024, got {parts[1]!r}")
         cores = int(parts[1])
     memory = parts[2] if len(parts) > 2 and parts[2] else "8g"
-    parse_memory(memory)
+    try:
+        parse_memory(memory)
+    except ValueError as exc:
+        raise ValueError(f"--hollow: memory: {exc}") from None
     if n > 100_000:
         raise ValueError(f"--hollow: at most 100000 nodes, got {n}")
     return n, cores, memory
@@ -188,9 +191,10 @@ class HollowHost:
             self.stopping.wait(self.cfg.worker.heartbeat_seconds)
 
     # ---- reports ---------------------------------------------------------------------------------
-    def report(self, job_id: str, task: str, attempt: int, node: str, state: TaskState, **extra: Any) -> None:
+    def report(self, job_id: str, task: str, attempt: int, node: str, state: TaskState, at: float | None = None,
+               **extra: Any) -> None:
         self.reports.send("task_status", {"job_id": job_id, "task": task, "attempt": attempt, "state": state.value,
-                                          "node": node, "at": time.time(),
+                                          "node": node, "at": at or time.time(),
                                           **{k: v for k, v in extra.items() if v is not None}})
 
     # ---- the life of a task ----------------------------------------------------------------------
@@ -222,9 +226,9 @@ class HollowHost:
                 duration, code = plan(t)
                 began = (t.get("state_times") or {}).get(TaskState.RUNNING.value) or now  # resumed after a restart
                 if state == TaskState.SCHEDULED:
-                    self.report(job["_id"], name, t["attempt"], node, TaskState.STARTING, container_id=cid)
-                    self.report(job["_id"], name, t["attempt"], node, TaskState.RUNNING, container_id=cid)
-                    began = now
+                    began = time.time()  # the emulated run starts exactly at the RUNNING time reported
+                    self.report(job["_id"], name, t["attempt"], node, TaskState.STARTING, at=began, container_id=cid)
+                    self.report(job["_id"], name, t["attempt"], node, TaskState.RUNNING, at=began, container_id=cid)
                 end = began + duration
                 self.started[key] = end
                 with self.lock:

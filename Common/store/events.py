@@ -42,6 +42,22 @@ class EventLog:
         if kind in ("job_state", "task_state") and isinstance(data.get("state"), str):
             TRANSITIONS.labels(kind.removesuffix("_state"), data["state"]).inc()
 
+    def record_many(self, events: list[tuple[str, str | None, dict[str, Any]]]) -> None:
+        """Several events in one write (batched reports); best effort, like ``record``."""
+        if not events:
+            return
+        now = dt.datetime.now(dt.UTC)
+        docs = [{"kind": kind, "at": now, "job_id": job_id, **data} for kind, job_id, data in events]
+        try:
+            self.col.insert_many(docs, ordered=False)
+        except PyMongoError as exc:
+            log.warning("%d events not recorded: %s", len(docs), exc)
+            return
+        for kind, _job_id, data in events:
+            EVENTS.labels(kind).inc()
+            if kind in ("job_state", "task_state") and isinstance(data.get("state"), str):
+                TRANSITIONS.labels(kind.removesuffix("_state"), data["state"]).inc()
+
     def for_job(self, job_id: str, limit: int = 1000) -> list[dict[str, Any]]:
         return list(self.col.find({"job_id": job_id}, {"_id": 0}).sort("at", ASCENDING).limit(limit))
 

@@ -227,6 +227,33 @@ class WorkerStore:
             return True
         return False
 
+    def release_many(self, name: str, items: list[tuple[str, str]]) -> list[str]:
+        """Give back several allocations of one node in one write, each exactly once (token-guarded).
+
+        Applies whole or not at all; when the node changed meanwhile each is released on its own.
+        Returns the keys this call released."""
+        doc = self.col.find_one({"_id": name}, {"allocations": 1})
+        held = (doc or {}).get("allocations") or {}
+        mine = {k: held[k] for k, token in items if k in held and held[k].get("token") == token}
+        if not mine:
+            return []
+        if len(mine) == 1:
+            (key, alloc), = mine.items()
+            return [key] if self.release(name, key, alloc["token"]) else []
+        guard: dict[str, Any] = {"_id": name, **{f"allocations.{k}.token": a["token"] for k, a in mine.items()}}
+        res = self.col.update_one(guard, {
+            "$unset": {f"allocations.{k}": "" for k in mine},
+            "$push": {"free_cores": {"$each": sorted(c for a in mine.values() for c in a["cores"]), "$sort": 1}},
+            "$inc": {"mem_free": sum(a["mem"] for a in mine.values()), "generation": 1},
+        })
+        if res.modified_count != 1:
+            return [k for k, a in mine.items() if self.release(name, k, a["token"])]
+        RELEASES.labels(name).inc(len(mine))
+        self.events.record_many([("release", k.partition(":")[0], {"task": k.partition(":")[2], "node": name,
+                                                                   "cores": a["cores"], "mem": a["mem"]})
+                                 for k, a in mine.items()])
+        return list(mine)
+
     # ---- liveness and maintenance ------------------------------------------------------------
     def mark_down(self, name: str, stale_before: float) -> bool:
         """READY/DRAINING -> DOWN, only if its last heartbeat is still older than ``stale_before``."""
