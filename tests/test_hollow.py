@@ -326,8 +326,8 @@ def test_compare_three_strategies_on_100_hollow_workers_matches_the_events_in_mo
     r = subprocess.run([sys.executable, "-m", "StressClient", "compare", "--strategies", ",".join(strategies),
                         "--out", str(out), "--settle", "120",
                         "replay", str(SLICE), "--format", "alibaba-2017", "--window", "40:400", "--speed", "40",
-                        "--max-instances", "2", "--max-tasks", "8", "--drain", "120", "--no-progress", "--sample-interval", "0.5",
-                        "--poll-interval", "0.5"],
+                        "--max-instances", "2", "--max-tasks", "8", "--drain", "120", "--no-progress",
+                        "--sample-interval", "0.5", "--poll-interval", "0.5"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads((out / "compare.json").read_text())
