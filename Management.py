@@ -249,9 +249,11 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: st
     if hollow:
         hnames = start_hollow(cfg, procs, env, hollow, say)
 
+        prefixes = sorted({n.rsplit("-", 1)[0] + "-" for n in hnames})
+
         def hollow_ready() -> bool:
-            return store.workers.col.count_documents({"_id": {"$in": hnames}, "hollow": True, "state": "READY",
-                                                      "heartbeat_at": {"$gte": started - 1}}) == len(hnames)
+            return store.workers.col.count_documents({"info.prefix": {"$in": prefixes}, "hollow": True,
+                                                      "state": "READY"}) == len(hnames)
 
         _wait(f"{len(hnames)} hollow workers to register", hollow_ready, 120 + len(hnames) / 50, procs,
               "hollow-0")

@@ -34,7 +34,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "hint": {"reason": ((str,), True), "job_id": ((str,), False), "node": ((str,), False)},
     "dispatch": {"reason": ((str,), True), "job_id": ((str,), False)},
     "heartbeat": {"node": ((str,), True), "at": ((int, float), True)},
-    "heartbeats": {"nodes": ((list,), True), "at": ((int, float), True)},  # a hollow host's nodes, batched
+    "heartbeats": {"host": ((str,), True), "at": ((int, float), True)},  # a hollow host: all its nodes at once
     "task_applied": {
         "job_id": ((str,), True),
         "task": ((str,), True),

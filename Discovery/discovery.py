@@ -82,8 +82,8 @@ class Discovery:
         elif kind == "heartbeat":
             # Our clock, not the Worker's: liveness must not depend on clock skew between hosts.
             self.store.workers.heartbeat(body["node"])
-        elif kind == "heartbeats":  # a hollow host's nodes, batched (Worker/hollow.py)
-            self.store.workers.heartbeat_many([n for n in body["nodes"] if isinstance(n, str)][:5000])
+        elif kind == "heartbeats":  # a hollow host, for all its nodes (Worker/hollow.py)
+            self.store.workers.heartbeat_host(body["host"])
 
     # ---- failure detection and evacuation ------------------------------------------------------
     def sweep(self) -> None:
@@ -158,6 +158,10 @@ class Discovery:
         """Every task report received together: per job one read and one conditional write for all its
         tasks (and its own state), per node one release for all its finished tasks, the events in one
         insert. Whatever cannot be batched (the job changed meanwhile) goes through ``on_task_status``."""
+        with self.store.events.batch():  # every event of the batch in one insert
+            self._on_task_statuses(reports)
+
+    def _on_task_statuses(self, reports: list[dict[str, Any]]) -> None:
         by_job: dict[str, list[dict[str, Any]]] = {}
         for body in reports:
             by_job.setdefault(body["job_id"], []).append(body)

@@ -96,7 +96,12 @@ class JobManager:
     @SCHEDULE_SECONDS.time()
     def schedule(self) -> int:
         """Place as much of the queue as fits, and the targets of requested migrations. Returns the
-        number of jobs placed."""
+        number of jobs placed. The pass's events (decisions, claims, transitions) are written together
+        at its end, in one insert (BENCHMARKS.md, control plane)."""
+        with self.store.events.batch():
+            return self._schedule()
+
+    def _schedule(self) -> int:
         try:
             self.migrations.place_requested()
         except Exception:

@@ -18,10 +18,12 @@ So a workload written for real Workers (the StressClient's templates and traces 
 behaves the same on hollow ones, without containers.
 
 One process hosts N nodes and shares one MongoDB connection, one ZeroMQ sender to Discovery and one
-subscriber to the GlobalManager (subscribed to the nodes' common name prefix). Heartbeats are batched:
-one ``heartbeats`` message names up to ``HEARTBEAT_CHUNK`` nodes. Level-triggered like the real Worker:
-a slow sweep re-reads every unfinished job placed on its nodes, so a lost hint only delays a task, and
-after a restart the tasks already RUNNING are resumed (they end at their recorded start + duration).
+subscriber to the GlobalManager (subscribed to the nodes' common name prefix). Heartbeats are the host's:
+one ``heartbeats`` message per beat, which Discovery writes once (``WorkerStore.heartbeat_host``), and
+every reader of the workers sees each node's heartbeat as the later of its own and its host's.
+Level-triggered like the real Worker: a slow sweep re-reads every unfinished job placed on its nodes,
+so a lost hint only delays a task, and after a restart the tasks already RUNNING are resumed (they end
+at their recorded start + duration).
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ from Common.store.workers import DOWN, REMOVED
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_CHUNK = 1000  # node names per heartbeats message (well under the 64 KiB frame limit)
 _SLEEP = re.compile(r"(?:^|[\s;&|(])sleep\s+(\d+(?:\.\d*)?|\.\d+)")
 _EXIT = re.compile(r"(?:^|[\s;&|(])exit\s+(\d{1,3})\b")
 ACTIVE = [JobState.SCHEDULED.value, JobState.RUNNING.value]
@@ -159,35 +160,43 @@ class HollowHost:
         self.started: dict[tuple[str, str, int], float] = {}  # task attempt -> when it ends (monotonic-free)
         self.due: list[_Due] = []
         self.lock = threading.Lock()
-        self.rejoin: set[str] = set()
         self.info = {"hollow": True, "host": socket.gethostname(), "pid": os.getpid(), "prefix": prefix}
 
     # ---- registration and heartbeats -----------------------------------------------------------
+    def _known(self) -> dict[str, str | None]:
+        """This host's nodes as MongoDB has them: name -> state."""
+        return {d["_id"]: d.get("state") for d in self.store.workers.col.find({"info.prefix": self.prefix},
+                                                                              {"state": 1})}
+
     def register(self, names: list[str] | None = None) -> None:
-        for name in names or self.names:
+        """Nodes with no record are made in one write; the others re-register one by one (their free
+        resources are recomputed from their allocations, as a real Worker's are)."""
+        names = list(self.names if names is None else names)
+        known = self._known()
+        made = self.store.workers.insert_hollow([n for n in names if n not in known], list(range(self.cores)),
+                                                self.memory, dict(self.info))
+        for name in [n for n in names if n in known]:
             doc = self.store.workers.register(name, list(range(self.cores)), self.memory, dict(self.info),
                                               hollow=True)
             if doc.get("state") == REMOVED:
                 log.warning("hollow node %s was removed from the cluster; it stops", name)
                 self.nodes.discard(name)
         self.names = [n for n in self.names if n in self.nodes]
-        log.info("registered %d hollow nodes (%d cores, %d bytes each)", len(self.names), self.cores, self.memory)
+        log.info("registered %d hollow nodes (%d new; %d cores, %d bytes each)", len(names), made, self.cores,
+                 self.memory)
+
+    def rejoin(self) -> None:
+        """Nodes marked DOWN while this host was silent (or whose record is gone) register again."""
+        known = self._known()
+        lost = [n for n in self.names if known.get(n) in (DOWN, None)]
+        if lost:
+            log.warning("%d hollow nodes were DOWN or missing; registering them again", len(lost))
+            self.register(lost)
 
     def _heartbeat(self) -> None:
+        """One message per beat for every node of this host; Discovery writes it once (the host's beat)."""
         while not self.stopping.is_set():
-            now = time.time()
-            names = list(self.names)
-            for i in range(0, len(names), HEARTBEAT_CHUNK):
-                self.reports.send("heartbeats", {"nodes": names[i:i + HEARTBEAT_CHUNK], "at": now})
-            try:  # nodes marked DOWN while we were silent (or deleted) come back by registering again
-                seen = {d["_id"]: d.get("state") for d in self.store.workers.col.find(
-                    {"_id": {"$in": names}}, {"state": 1})}
-                lost = [n for n in names if seen.get(n) in (DOWN, None)]
-                if lost:
-                    log.warning("%d hollow nodes were DOWN or missing; registering them again", len(lost))
-                    self.register(lost)
-            except Exception:  # MongoDB unreachable: try again at the next beat
-                log.exception("heartbeat check failed")
+            self.reports.send("heartbeats", {"host": self.prefix, "at": time.time()})
             self.stopping.wait(self.cfg.worker.heartbeat_seconds)
 
     # ---- reports ---------------------------------------------------------------------------------
@@ -252,13 +261,15 @@ class HollowHost:
             return min(1.0, max(0.0, self.due[0].at - now)) if self.due else 1.0
 
     def sweep(self) -> None:
-        """Every unfinished job placed on a node of this host (the safety net for lost hints)."""
+        """Every unfinished job placed on a node of this host (the safety net for lost hints), and nodes
+        that must register again."""
+        self.rejoin()
         jobs = self.store.jobs.col.find({"state": {"$in": ACTIVE}, "nodes": {"$regex": f"^{re.escape(self.prefix)}"}})
         self.look(list(jobs))
 
     def run(self, listener: DispatchListener | None) -> None:
-        self.register()
         threading.Thread(target=self._heartbeat, name="hollow-heartbeat", daemon=True).start()
+        self.register()
         next_sweep = 0.0
         while not self.stopping.is_set():
             wait = self.finish_due()
@@ -269,8 +280,8 @@ class HollowHost:
                 ids = listener.recv(min(wait, 0.2)) if listener is not None else []
                 if not ids and listener is None:
                     self.stopping.wait(min(wait, 0.2))
-                if ids:
-                    self.look(list(self.store.jobs.col.find({"_id": {"$in": sorted(set(ids))}})))
+                if ids:  # one read per job: the embedded store compares $in lists element by element
+                    self.look([j for j in (self.store.jobs.get(i) for i in dict.fromkeys(ids)) if j is not None])
             except Exception:
                 log.exception("hollow pass failed; retrying at the next one")
                 self.stopping.wait(0.5)

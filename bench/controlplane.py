@@ -60,11 +60,17 @@ def scrape(urls: dict[str, str]) -> dict[str, Counter]:
             out[actor] = c
             continue
         for fam in text_string_to_metric_families(text):
+            if fam.name == "rswarm_schedule_pass_seconds":
+                for s in fam.samples:
+                    if s.name.endswith(("_count", "_sum")):
+                        c["pass_" + s.name.rsplit("_", 1)[1]] += s.value
             if fam.name != "rswarm_mongo_operation_seconds":
                 continue
             for s in fam.samples:
                 if s.name.endswith("_count"):
                     c[s.labels.get("command", "?")] += int(s.value)
+                elif s.name.endswith("_sum"):
+                    c["seconds"] += s.value
         out[actor] = c
     return out
 
@@ -81,6 +87,9 @@ def main() -> int:
     p.add_argument("--task-seconds", type=float, default=1.0, help="each task's sleep (default 1)")
     p.add_argument("--concurrency", type=positive_int, default=32)
     p.add_argument("--drain", type=positive, default=300.0)
+    p.add_argument("--poll-interval", type=positive, default=5.0,
+                   help="how often the client lists jobs (default 5: its listings load the same MongoDB; the "
+                        "latencies are the system's own timestamps, so this changes no figure)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / f"controlplane-{time.strftime('%Y%m%d-%H%M%S')}"))
     args = p.parse_args()
     cfg = load_config()
@@ -104,7 +113,7 @@ def main() -> int:
     before = scrape(metrics)
     t_start = time.time()
     result = Runner(fe, arrivals, RunOptions(concurrency=args.concurrency, drain_seconds=args.drain,
-                                             sample_interval=30.0, poll_interval=1.0)).run()
+                                             sample_interval=30.0, poll_interval=args.poll_interval)).run()
     after = scrape(metrics)
     data = report.build({"mode": "controlplane", "params": vars(args), "templates": ["controlplane"]},
                         result.records, result.samples, result.started_at, result.arrivals_done_at,
@@ -122,6 +131,12 @@ def main() -> int:
     writes = {a: {k: after[a][k] - before[a].get(k, 0) for k in WRITES if after[a][k] - before[a].get(k, 0)}
               for a in after}
     total_writes = sum(sum(v.values()) for v in writes.values())
+    reads = {a: {k: after[a][k] - before[a].get(k, 0) for k in ("find", "getMore", "aggregate", "count")
+                 if after[a][k] - before[a].get(k, 0)} for a in after}
+    db_seconds = {a: round(after[a]["seconds"] - before[a].get("seconds", 0), 2) for a in after}
+    passes = after.get("jobmanager", Counter())
+    jm_pass = {"passes": passes["pass_count"] - before.get("jobmanager", Counter())["pass_count"],
+               "seconds": round(passes["pass_sum"] - before.get("jobmanager", Counter())["pass_sum"], 2)}
     ev = Counter()
     since = dt.datetime.fromtimestamp(t_start, dt.UTC)
     for d in store.events.col.aggregate([{"$match": {"at": {"$gte": since}}},
@@ -138,6 +153,9 @@ def main() -> int:
         "scheduled_to_running_p50": pct(sched_run, 50), "scheduled_to_running_p99": pct(sched_run, 99),
         "mongo_writes_by_actor": writes,
         "mongo_writes_per_task": total_writes / tasks_done if tasks_done else None,
+        "mongo_reads_by_actor": reads,
+        "mongo_round_trip_seconds_by_actor": db_seconds,
+        "jobmanager_schedule_passes": jm_pass,
         "events_by_kind": dict(ev.most_common()),
         "events_per_task": sum(ev.values()) / tasks_done if tasks_done else None,
     }

@@ -53,6 +53,7 @@ class WorkerStore:
 
     def __init__(self, db: Database, events: EventLog) -> None:
         self.col = db["workers"]
+        self.hosts = db["hollow_hosts"]  # one heartbeat per hollow host, standing for all its nodes
         self.events = events
 
     def ensure_indexes(self) -> None:
@@ -106,24 +107,54 @@ class WorkerStore:
         res = self.col.update_one({"_id": name}, {"$set": {"heartbeat_at": at or time.time()}})
         return res.matched_count == 1
 
-    def heartbeat_many(self, names: list[str], at: float | None = None) -> int:
-        """One write for a batch of nodes' heartbeats (hollow hosts send them together)."""
-        if not names:
+    # ---- hollow nodes (Worker/hollow.py) --------------------------------------------------------
+    def insert_hollow(self, names: list[str], cores: list[int], mem_total: int, info: dict[str, Any]) -> int:
+        """Register nodes that have no record yet in one write (thousands at a time); a name that exists
+        meanwhile is skipped (its host registers it with ``register``). Returns how many were made."""
+        from pymongo.errors import BulkWriteError
+
+        now = time.time()
+        docs = [{"_id": n, "allocations": {}, "generation": 1, "registered_at": now, "cores": list(cores),
+                 "free_cores": list(cores), "mem_total": mem_total, "mem_free": mem_total, "state": READY,
+                 "heartbeat_at": now, "info": info, "hollow": True} for n in names]
+        if not docs:
             return 0
-        res = self.col.update_many({"_id": {"$in": names}}, {"$set": {"heartbeat_at": at or time.time()}})
-        return res.matched_count
+        try:
+            made = len(self.col.insert_many(docs, ordered=False).inserted_ids)
+        except BulkWriteError as exc:
+            made = exc.details.get("nInserted", 0)
+        self.events.record("node_up", node=info.get("prefix", "hollow"), nodes=made, cores=len(cores), mem=mem_total,
+                           hollow=True)
+        return made
+
+    def heartbeat_host(self, host: str, at: float | None = None) -> None:
+        """A hollow host's heartbeat: one write that keeps every node of that host alive (``info.prefix``).
+        Writing each node's ``heartbeat_at`` instead costs ~0.25 ms per document on the embedded store:
+        2.5 s of every 3 s for 10,000 nodes (BENCHMARKS.md)."""
+        self.hosts.update_one({"_id": host}, {"$set": {"heartbeat_at": at or time.time()}}, upsert=True)
+
+    def _live(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A hollow node's heartbeat is its host's, when that is later than its own."""
+        if any(d.get("hollow") for d in docs):
+            beats = {h["_id"]: h.get("heartbeat_at", 0.0) for h in self.hosts.find()}
+            for d in docs:
+                if d.get("hollow"):
+                    host = (d.get("info") or {}).get("prefix")
+                    d["heartbeat_at"] = max(d.get("heartbeat_at") or 0.0, beats.get(host, 0.0))
+        return docs
 
     def hollow_among(self, names: list[str]) -> set[str]:
         return {d["_id"] for d in self.col.find({"_id": {"$in": names}, "hollow": True}, {"_id": 1})}
 
     def get(self, name: str) -> dict[str, Any] | None:
-        return self.col.find_one({"_id": name})
+        doc = self.col.find_one({"_id": name})
+        return None if doc is None else self._live([doc])[0]
 
     def all(self) -> list[dict[str, Any]]:
-        return list(self.col.find().sort("_id", ASCENDING))
+        return self._live(list(self.col.find().sort("_id", ASCENDING)))
 
     def ready(self) -> list[dict[str, Any]]:
-        return list(self.col.find({"state": READY}).sort("_id", ASCENDING))
+        return self._live(list(self.col.find({"state": READY}).sort("_id", ASCENDING)))
 
     # ---- claims ------------------------------------------------------------------------------
     def claim(
