@@ -32,6 +32,7 @@ class Discovery:
         self.sweep_seconds = sweep_seconds
         self.heartbeat_timeout = heartbeat_timeout
         self.max_requeues = max_requeues
+        self.max_batch = 500  # messages applied per pass of the loop (see _take)
         self.stopping = threading.Event()
         self.lifecycle = Lifecycle(store, self.hint)
         self.evms = EvmReports(store)
@@ -44,7 +45,7 @@ class Discovery:
         while not self.stopping.is_set():
             wait = max(0.0, next_sweep - time.monotonic())
             reports: list[dict[str, Any]] = []
-            for kind, body, _sender in self.receiver.drain(min(wait, 1.0)) if self.receiver else []:
+            for kind, body, _sender in self._take(min(wait, 1.0)):
                 if kind == "task_status":
                     reports.append(body)
                     continue
@@ -61,6 +62,20 @@ class Discovery:
                 except Exception:
                     log.exception("sweep failed; will retry at the next one")
                 next_sweep = time.monotonic() + self.sweep_seconds
+
+    def _take(self, timeout: float) -> list[tuple[str, dict[str, Any], str]]:
+        """Wait up to ``timeout`` for a message, then take what is queued, at most ``max_batch``: a long
+        backlog is applied in slices, so heartbeats and the sweep keep their pace (a node is never
+        declared dead because its heartbeat waited behind thousands of task reports)."""
+        if self.receiver is None:
+            return []
+        first = self.receiver.recv(timeout)
+        if first is None:
+            return []
+        out = [first]
+        while len(out) < self.max_batch and (msg := self.receiver.recv(0.001)) is not None:
+            out.append(msg)
+        return out
 
     def handle(self, kind: str, body: dict[str, Any]) -> None:
         if kind == "task_status":

@@ -314,6 +314,31 @@ def test_a_batch_that_races_another_writer_falls_back_to_one_report_at_a_time(pr
     assert private_store.jobs.get(job_id)["state"] == "RUNNING"
 
 
+def test_claims_on_several_nodes_in_one_write_apply_whole_or_leave_nothing_held(private_store: Store) -> None:
+    from Common.store.workers import Alloc
+
+    ws = private_store.workers
+    for n in ("a", "b"):
+        ws.register(n, [0, 1], 2**30, {}, hollow=True)
+    snap = {n: ws.get(n) for n in ("a", "b")}
+    got = ws.claim_many({"a": ([Alloc("j1", "t0", (0,), 2**20, "k1")], snap["a"]),
+                         "b": ([Alloc("j1", "t1", (1,), 2**20, "k1")], snap["b"])})
+    assert got is not None
+    for n, core in (("a", 0), ("b", 1)):
+        stored = ws.get(n)
+        assert stored["generation"] == got[n]["generation"] and stored["free_cores"] == got[n]["free_cores"]
+        assert stored["allocations"] == got[n]["allocations"] and core not in stored["free_cores"]
+    # b changes after the snapshot (a release bumps its generation): nothing of the second claim stays
+    assert ws.release("b", "j1:t1", "k1")
+    fresh_a = ws.get("a")
+    assert ws.claim_many({"a": ([Alloc("j2", "t0", (1,), 2**20, "k2")], fresh_a),
+                          "b": ([Alloc("j2", "t1", (0,), 2**20, "k2")], got["b"])}) is None
+    assert "j2:t0" not in ws.get("a")["allocations"] and ws.get("a")["free_cores"] == [1]
+    assert ws.get("b")["allocations"] == {} and ws.get("b")["free_cores"] == [0, 1]
+    # a snapshot that cannot hold the claim writes nothing at all
+    assert ws.claim_many({"a": ([Alloc("j3", "t0", (0,), 2**20, "k3")], ws.get("a"))}) is None
+
+
 def _pcts(values: list[float]) -> list[float]:
     return [float(np.percentile(values, q)) for q in (50, 90, 99)]
 

@@ -196,6 +196,44 @@ class WorkerStore:
         CLAIMS.labels(name, "refused").inc()
         return None
 
+    def claim_many(self, claims: dict[str, tuple[list[Alloc], dict[str, Any]]]) -> dict[str, dict[str, Any]] | None:
+        """``claim`` on several nodes in one round trip: each node's update is guarded by the generation
+        of its snapshot, exactly as ``claim``'s, and sent together (an unordered bulk write). Returns each
+        node's new document (computed: the update is known), or None when a snapshot no longer allows the
+        claim or any node changed meanwhile; then whatever part did apply is released again (token-guarded)
+        and nothing is held, so the caller re-reads and re-plans as after a lost race."""
+        from pymongo import UpdateOne
+
+        ops, after = [], {}
+        for name, (allocs, doc) in claims.items():
+            want_cores = {c for a in allocs for c in a.cores}
+            want_mem = sum(a.mem for a in allocs)
+            if (doc.get("state") != READY or not want_cores <= set(doc["free_cores"]) or want_mem > doc["mem_free"]
+                    or any(a.key in doc["allocations"] for a in allocs)):
+                CLAIMS.labels(name, "refused").inc()
+                return None
+            new_allocs = {a.key: a.doc() for a in allocs}
+            update: dict[str, Any] = {"free_cores": sorted(set(doc["free_cores"]) - want_cores),
+                                      "mem_free": doc["mem_free"] - want_mem,
+                                      **{f"allocations.{k}": v for k, v in new_allocs.items()}}
+            ops.append(UpdateOne({"_id": name, "generation": doc["generation"]},
+                                 {"$set": update, "$inc": {"generation": 1}}))
+            after[name] = {**doc, "free_cores": update["free_cores"], "mem_free": update["mem_free"],
+                           "allocations": {**doc["allocations"], **new_allocs}, "generation": doc["generation"] + 1}
+        if not ops:
+            return {}
+        if self.col.bulk_write(ops, ordered=False).modified_count == len(ops):
+            for name, (allocs, _doc) in claims.items():
+                CLAIMS.labels(name, "committed").inc()
+                for a in allocs:
+                    self.events.record("claim", a.job_id, task=a.task, node=name, cores=list(a.cores), mem=a.mem)
+            return after
+        for name, (allocs, _doc) in claims.items():  # some node changed: give back what did apply
+            CLAIMS.labels(name, "conflict").inc()
+            for a in allocs:
+                self.release(name, a.key, a.token)
+        return None
+
     def resize(self, name: str, key: str, token: str, cores: int, mem: int,
                exact: list[int] | None = None) -> dict[str, Any] | str:
         """Change one allocation in place: keep what it can of its cores, take contiguous free ones next to
