@@ -33,6 +33,7 @@ class Discovery:
         self.heartbeat_timeout = heartbeat_timeout
         self.max_requeues = max_requeues
         self.max_batch = 500  # messages applied per pass of the loop (see _take)
+        self.lag = 0.0  # how far behind its queue Discovery is, seen on the last heartbeat (see sweep)
         self.stopping = threading.Event()
         self.lifecycle = Lifecycle(store, self.hint)
         self.evms = EvmReports(store)
@@ -97,18 +98,29 @@ class Discovery:
         elif kind == "heartbeat":
             # Our clock, not the Worker's: liveness must not depend on clock skew between hosts.
             self.store.workers.heartbeat(body["node"])
+            self._note_lag(body["at"])
         elif kind == "heartbeats":  # a hollow host, for all its nodes (Worker/hollow.py)
             self.store.workers.heartbeat_host(body["host"])
+            self._note_lag(body["at"])
+
+    def _note_lag(self, sent_at: float) -> None:
+        """A heartbeat sent at ``sent_at`` and applied now says how far behind its queue Discovery is. Under
+        a backlog of reports a heartbeat waits its turn; declaring a node dead for that would restart its
+        work (and add to the backlog). Clamped to [0, 4 timeouts], so clock skew cannot hide a dead node
+        for long."""
+        self.lag = min(max(0.0, time.time() - sent_at), 4 * self.heartbeat_timeout)
 
     # ---- failure detection and evacuation ------------------------------------------------------
     def sweep(self) -> None:
-        """Mark silent workers DOWN; move the work off DOWN and DRAINING workers (level-triggered)."""
+        """Mark silent workers DOWN; move the work off DOWN and DRAINING workers (level-triggered). Silent
+        means for longer than the timeout plus how far behind its own queue Discovery is (``_note_lag``)."""
         now = time.time()
+        stale = now - self.heartbeat_timeout - self.lag
         for w in self.store.workers.all():
             state = w.get("state")
             if (state in (READY, DRAINING) and now >= self.trust_heartbeats_after
-                    and w.get("heartbeat_at", 0) < now - self.heartbeat_timeout
-                    and self.store.workers.mark_down(w["_id"], now - self.heartbeat_timeout)):
+                    and w.get("heartbeat_at", 0) < stale
+                    and self.store.workers.mark_down(w["_id"], stale)):
                 log.warning("worker %s missed heartbeats for %.0fs: DOWN", w["_id"], self.heartbeat_timeout)
                 NODE_DOWN.labels(w["_id"]).inc()
                 state = DOWN
