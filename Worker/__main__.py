@@ -57,13 +57,15 @@ def hollow_body(n: int, cores: int, memory: str, prefix: str):
         names = [f"{prefix}{i:05d}" for i in range(n)]
         store = Store.connect(cfg, f"hollow-{prefix}")
         reports = Sender(cfg.discovery_endpoint, f"hollow-{prefix}", key)
+        beats = Sender(cfg.discovery_endpoint, f"hollow-{prefix}", key)
         listener = DispatchListener(cfg.globalmanager_pub_endpoint, key, prefix, set(names))
-        host = HollowHost(cfg, store, reports, names, cores, parse_memory(memory), prefix)
+        host = HollowHost(cfg, store, reports, names, cores, parse_memory(memory), prefix, beats)
         log.info("hollow host %s: %d nodes of %d cores, %s", prefix, n, cores, memory)
         actor.run_loop(lambda: host.run(listener), host.stop, "worker", cfg, cfg.worker.metrics_host,
                        cfg.worker.metrics_port, prefix)
         listener.close()
         reports.close()
+        beats.close()
         return 0
 
     return run

@@ -151,13 +151,19 @@ class DispatchListener:
 
 class HollowHost:
     def __init__(self, cfg: Config, store: Store, reports: Sender, names: list[str], cores: int,
-                 memory: int, prefix: str) -> None:
+                 memory: int, prefix: str, beats: Sender | None = None) -> None:
         self.cfg, self.store, self.reports = cfg, store, reports
+        # Heartbeats on a socket of their own: behind thousands of queued reports (or dropped with them
+        # when the queue is full) they would make Discovery declare live nodes dead.
+        self.beats = beats or reports
         self.names = list(names)
         self.nodes = set(names)
         self.cores, self.memory, self.prefix = cores, memory, prefix
         self.stopping = threading.Event()
-        self.started: dict[tuple[str, str, int], float] = {}  # task attempt -> when it ends (monotonic-free)
+        self.started: dict[tuple[str, str, int], float] = {}  # task attempt -> when it ends (wall clock)
+        # task attempt -> its terminal report, re-sent while MongoDB does not show it (a report can be
+        # dropped when the queue to Discovery is full; a real Worker re-reports from its engine likewise)
+        self.finished: dict[tuple[str, str, int], tuple[TaskState, dict[str, Any]]] = {}
         self.due: list[_Due] = []
         self.lock = threading.Lock()
         self.info = {"hollow": True, "host": socket.gethostname(), "pid": os.getpid(), "prefix": prefix}
@@ -196,7 +202,7 @@ class HollowHost:
     def _heartbeat(self) -> None:
         """One message per beat for every node of this host; Discovery writes it once (the host's beat)."""
         while not self.stopping.is_set():
-            self.reports.send("heartbeats", {"host": self.prefix, "at": time.time()})
+            self.beats.send("heartbeats", {"host": self.prefix, "at": time.time()})
             self.stopping.wait(self.cfg.worker.heartbeat_seconds)
 
     # ---- reports ---------------------------------------------------------------------------------
@@ -221,12 +227,18 @@ class HollowHost:
                 state = TaskState(t["state"])
                 if state in TASK_TERMINAL:
                     self.started.pop(key, None)
+                    self.finished.pop(key, None)
+                    continue
+                if key in self.finished:  # its end was reported, but is not recorded: say it again
+                    end_state, extra = self.finished[key]
+                    self.report(job["_id"], name, t["attempt"], node, end_state, **extra)
                     continue
                 cid = f"hollow-{job['_id']}-{name}-{t['attempt']}"
                 if job.get("cancel_requested"):
                     self.report(job["_id"], name, t["attempt"], node, TaskState.CANCELLED,
                                 reason=job.get("cancel_reason") or "cancelled", container_id=cid)
                     self.started.pop(key, None)
+                    self.finished.pop(key, None)
                     continue
                 if key in self.started:
                     if state == TaskState.SCHEDULED or state == TaskState.STARTING:  # a report was lost
@@ -253,19 +265,26 @@ class HollowHost:
                     continue  # cancelled meanwhile
                 cid = f"hollow-{d.job_id}-{d.task}-{d.attempt}"
                 if d.exit_code == 0:
-                    self.report(d.job_id, d.task, d.attempt, d.node, TaskState.COMPLETED, exit_code=0,
-                                container_id=cid)
+                    end, extra = TaskState.COMPLETED, {"exit_code": 0, "container_id": cid}
                 else:
-                    self.report(d.job_id, d.task, d.attempt, d.node, TaskState.FAILED, exit_code=d.exit_code,
-                                reason=f"exited with code {d.exit_code} (hollow)", container_id=cid)
+                    end, extra = TaskState.FAILED, {"exit_code": d.exit_code, "container_id": cid,
+                                                    "reason": f"exited with code {d.exit_code} (hollow)"}
+                extra["at"] = d.at  # it ended when its time was up, whenever this report gets through
+                self.finished[(d.job_id, d.task, d.attempt)] = (end, extra)
+                self.report(d.job_id, d.task, d.attempt, d.node, end, **extra)
             return min(1.0, max(0.0, self.due[0].at - now)) if self.due else 1.0
 
     def sweep(self) -> None:
         """Every unfinished job placed on a node of this host (the safety net for lost hints), and nodes
         that must register again."""
         self.rejoin()
-        jobs = self.store.jobs.col.find({"state": {"$in": ACTIVE}, "nodes": {"$regex": f"^{re.escape(self.prefix)}"}})
-        self.look(list(jobs))
+        jobs = list(self.store.jobs.col.find({"state": {"$in": ACTIVE},
+                                              "nodes": {"$regex": f"^{re.escape(self.prefix)}"}}))
+        active = {j["_id"] for j in jobs}
+        with self.lock:
+            for key in [k for k in self.finished if k[0] not in active]:
+                del self.finished[key]  # its job has ended: the report was recorded
+        self.look(jobs)
 
     def run(self, listener: DispatchListener | None) -> None:
         threading.Thread(target=self._heartbeat, name="hollow-heartbeat", daemon=True).start()
