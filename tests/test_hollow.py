@@ -408,6 +408,28 @@ def test_compare_three_strategies_on_100_hollow_workers_matches_the_events_in_mo
     assert scheduler["strategy"] == "first-fit"  # restored as it was before the comparison
 
 
+def test_a_sigkilled_hollow_host_resumes_its_running_task_after_up(hcfg: Config, hstore: Store) -> None:
+    import signal
+
+    job_id = _submit(hcfg, "hollow-resume", ["sleep", "4"])
+    running = _wait_state(hstore, job_id, {"RUNNING"})
+    began = running["tasks"]["t0"]["state_times"]["RUNNING"]
+    procs = Management.Processes(hcfg)
+    pid = procs.alive("hollow-0")
+    os.kill(pid, signal.SIGKILL)  # a real crash of the process hosting every hollow node
+    deadline = time.monotonic() + 10
+    while procs.alive("hollow-0") is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert procs.alive("hollow-0") is None
+    Management.up(hcfg, with_worker=False, quiet=True, hollow=f"{NODES}:1:1g")  # starts only what is not running
+    assert procs.alive("hollow-0") not in (None, pid)
+    job = _wait_state(hstore, job_id, {"COMPLETED", "FAILED", "CANCELLED"})
+    t = job["tasks"]["t0"]
+    assert job["state"] == "COMPLETED" and t["attempt"] == 0  # resumed, not restarted elsewhere
+    assert t["state_times"]["RUNNING"] == began and t["state_times"]["COMPLETED"] >= began + 4
+    _all_free(hstore)
+
+
 def test_down_stops_the_hollow_processes(hcfg: Config) -> None:
     procs = Management.Processes(hcfg)
     pid = procs.alive("hollow-0")
