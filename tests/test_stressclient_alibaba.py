@@ -128,3 +128,10 @@ def test_a_file_of_garbage_counts_every_row_as_unusable(tmp_path: Path) -> None:
     stats = alibaba.Stats("alibaba-2017")
     alibaba.read_rows(p.read_text(errors="replace").splitlines(), "alibaba-2017", stats)
     assert stats.bad_rows == 3 and [ln for ln, _ in stats.bad_examples] == [1, 2, 3]
+
+
+def test_window_and_speed_apply_to_our_own_csv_traces_too(capsys: pytest.CaptureFixture[str]) -> None:
+    trace = Path(__file__).resolve().parent.parent / "StressClient" / "templates" / "trace-example.csv"
+    assert main(["replay", str(trace), "--format", "csv", "--window", "0.5:2", "--speed", "2", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2 arrivals") and "first offsets [0.0, 0.25]" in out
