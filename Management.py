@@ -41,6 +41,7 @@ SUPERVISED = ("mongo", *ACTORS)
 DOCKER_SOCK = "/var/run/docker.sock"
 # What `up --inventory` loads into every prepared host's engine ("epm": this checkout's EPM image).
 HOST_IMAGES = "rswarm/task:1,rswarm/epm-base:1,epm"
+HOLLOW_PER_PROCESS = 2500  # hollow nodes per process (Worker/hollow.py): 10,000 run in 4 processes
 
 
 class ManagementError(Exception):
@@ -252,8 +253,32 @@ def ensure_supervisor(cfg: Config, procs: Processes, env: dict[str, str], local_
 
 
 # ---- commands ------------------------------------------------------------------------------------
+def hollow_names(procs: Processes) -> list[str]:
+    """The hollow-host processes this run directory recorded (hollow-0, hollow-1, ...)."""
+    return sorted((p.stem for p in procs.pid_dir.glob("hollow-*.json")), key=lambda n: int(n.split("-")[1]))
+
+
+def start_hollow(cfg: Config, procs: Processes, env: dict[str, str], spec: str, say) -> list[str]:
+    """N hollow nodes in ceil(N / HOLLOW_PER_PROCESS) processes; returns every node name."""
+    from Worker.hollow import parse_spec
+
+    n, cores, memory = parse_spec(spec)
+    nproc = -(-n // HOLLOW_PER_PROCESS)
+    names = []
+    for k in range(nproc):
+        share = n // nproc + (1 if k < n % nproc else 0)
+        prefix = f"hollow-{k}-"
+        names += [f"{prefix}{i:05d}" for i in range(share)]
+        if procs.alive(f"hollow-{k}"):
+            continue
+        say(f"starting {share} hollow workers ({cores} cores, {memory} each) as {prefix}*")
+        procs.start(f"hollow-{k}", [sys.executable, "-m", "Worker", "--hollow", f"{share}:{cores}:{memory}",
+                                    "--prefix", prefix], {**env, "RSWARM_WORKER_METRICS_PORT": "0"})
+    return names
+
+
 def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: str | None = None,
-       images: str = HOST_IMAGES) -> None:
+       images: str = HOST_IMAGES, hollow: str | None = None) -> None:
     """Start whatever is not running. With an emulated cluster (or an inventory of remote hosts) the
     Workers run on those hosts, started over SSH, instead of one local Worker. Hosts of an inventory
     (not an emulated cluster) are provisioned and joined to the Swarm first (Common/ops/inventory.py)."""
@@ -330,6 +355,17 @@ def up(cfg: Config, with_worker: bool = True, quiet: bool = False, inventory: st
             _wait("the GlobalManager", lambda: _http_ok(f"{cfg.globalmanager_url}/api/v1/swarm"), 120, procs,
                   "globalmanager")
     _wait("the FrontEnd", lambda: _http_ok(f"{cfg.frontend_url}/api/v1/health"), 120, procs, "frontend")
+    if hollow:
+        hnames = start_hollow(cfg, procs, env, hollow, say)
+
+        prefixes = sorted({n.rsplit("-", 1)[0] + "-" for n in hnames})
+
+        def hollow_ready() -> bool:
+            return store.workers.col.count_documents({"info.prefix": {"$in": prefixes}, "hollow": True,
+                                                      "state": "READY"}) == len(hnames)
+
+        _wait(f"{len(hnames)} hollow workers to register", hollow_ready, 120 + len(hnames) / 50, procs,
+              "hollow-0")
     if with_worker:
         names = [h.name for h in inv.hosts] if inv is not None else [cfg.worker_name]
         if inv is not None:
@@ -383,9 +419,9 @@ def down(cfg: Config, keep_workloads: bool = False, quiet: bool = False, invento
         left = procs.sup.sweep()
         if left:
             say(f"supervisord was not answering: stopped {len(left)} leftover process(es) of {cfg.run_path}")
-    for actor in ("frontend", "jobmanager", "worker", "discovery", "globalmanager"):
+    for actor in ("frontend", "jobmanager", "worker", *hollow_names(procs), "discovery", "globalmanager"):
         if procs.stop(actor):
-            say(f"stopped {MODULES[actor]}")
+            say(f"stopped {MODULES.get(actor, actor)}")
     try:
         inv = cluster.load_inv(cfg, inventory)
     except cluster.RemoteError as exc:
@@ -437,7 +473,7 @@ def status(cfg: Config) -> dict[str, Any]:
     out["supervisor"] = {"alive": answers, "pid": procs.sup.daemon_pid(), "socket": str(procs.sup.sock),
                          "config": str(procs.sup.conf), "log": str(procs.log_dir / "supervisord.log")}
     orphans = {} if answers else procs.sup.unsupervised()  # supervisord killed under its programs
-    for name in ("dockerd", "mongo", *ACTORS):
+    for name in ("dockerd", "mongo", *ACTORS, *hollow_names(procs)):
         s = sup.get(name)
         if name in orphans:
             s = {"state": "UNSUPERVISED", "pid": orphans[name], "uptime": None, "restarts": 0}
@@ -469,7 +505,8 @@ def status(cfg: Config) -> dict[str, Any]:
         store.db.client.admin.command("ping")
         out["cluster"] = {
             "workers": [{"id": w["_id"], "state": w.get("state"), "cores": len(w["cores"]),
-                         "free_cores": len(w["free_cores"]), "mem_free": w["mem_free"]}
+                         "free_cores": len(w["free_cores"]), "mem_free": w["mem_free"],
+                         "hollow": bool(w.get("hollow"))}
                         for w in store.workers.all()],
             "jobs": store.jobs.count_by_state(),
         }
@@ -503,13 +540,24 @@ def _duration(seconds: float | None) -> str:
 
 
 def print_workers(sm: dict[str, Any]) -> None:
-    """The WORKERS table of `status` (and of the demo's last lines), from ``cluster_summary``."""
+    """The WORKERS table of `status` (and of the demo's last lines), from ``cluster_summary``; hollow
+    workers (thousands of them) are summed up per state."""
+    real = [w for w in sm["workers"] if not w.get("hollow")]
     table("WORKERS", ["worker", "state", "cores used", "occupancy (# = claimed)", "memory free", "tasks", "heartbeat"],
           [[w["id"], w["state"], f"{w['used']}/{w['capacity']}",
             "".join("#" if c["busy"] else "." for c in w["cores"]),
             f"{w['mem_free'] // 2**20}/{w['mem_total'] // 2**20} MiB", w["tasks"],
-            "-" if w["heartbeat_age"] is None else f"{w['heartbeat_age']} s ago"] for w in sm["workers"]],
-          "no worker has registered")
+            "-" if w["heartbeat_age"] is None else f"{w['heartbeat_age']} s ago"] for w in real],
+          "no real worker has registered")
+    hollow = [w for w in sm["workers"] if w.get("hollow")]
+    if hollow:  # thousands of them: one line per state, not one per node
+        by_state: dict[str, list[dict[str, Any]]] = {}
+        for w in hollow:
+            by_state.setdefault(w["state"], []).append(w)
+        table(f"HOLLOW WORKERS ({len(hollow)}: emulated nodes, no containers)",
+              ["state", "nodes", "cores used", "tasks"],
+              [[s, len(ws), f"{sum(w['used'] for w in ws)}/{sum(w['capacity'] for w in ws)}",
+                sum(w["tasks"] for w in ws)] for s, ws in sorted(by_state.items())], "none")
 
 
 def print_status(st: dict[str, Any]) -> None:
@@ -778,6 +826,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start everything that is not running")
     p_up.add_argument("--no-worker", action="store_true", help="do not start a local Worker")
+    p_up.add_argument("--hollow", metavar="N[:cores[:memory]]",
+                      help=f"also run N hollow workers (emulated nodes, no containers; default 4 cores, 8g each) "
+                           f"in ceil(N/{HOLLOW_PER_PROCESS}) processes; stopped by down")
     p_down = sub.add_parser("down", help="stop everything this run directory started")
     p_down.add_argument("--keep-workloads", action="store_true", help="leave job containers and networks")
     p_status = sub.add_parser("status", help="what runs, where, and a cluster summary")
@@ -839,7 +890,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "up":
-            up(cfg, with_worker=not args.no_worker, inventory=args.inventory, images=args.images)
+            if args.hollow is not None:
+                from Worker.hollow import parse_spec
+
+                try:
+                    parse_spec(args.hollow)
+                except ValueError as exc:
+                    print(f"Management.py: {exc}", file=sys.stderr)
+                    return 2
+            up(cfg, with_worker=not args.no_worker, inventory=args.inventory, images=args.images,
+               hollow=args.hollow)
         elif args.command == "down":
             if args.leave and not args.inventory:
                 parser.error("--leave needs --inventory")

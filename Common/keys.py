@@ -7,9 +7,12 @@ control-plane host. Every ZeroMQ key is an HMAC-SHA256 of it, with a label that 
     node key of N      = HMAC(master, "rswarm/zmq/node/" + N)       shipped to node N only (0600 file)
     report key of N    = HMAC(node key of N, "report")               Worker N -> Discovery
     dispatch key of N  = HMAC(node key of N, "dispatch")             GlobalManager -> Worker N
+    hollow key of P    = HMAC(master, "rswarm/zmq/hollow/" + P)     hollow host P -> Discovery
 
 Parties are named like the envelope's ``sender`` and ``to``: the control-plane actors by role
-(``frontend``, ``globalmanager``, ``discovery``, ``jobmanager``) and a Worker as ``worker-<node>``.
+(``frontend``, ``globalmanager``, ``discovery``, ``jobmanager``), a Worker as ``worker-<node>``, and a
+hollow host (Worker/hollow.py: many emulated nodes named ``<prefix>NNNNN`` in one process, a load
+stand-in that runs beside the control plane and holds the master) as ``hollow-<prefix>``.
 The control plane holds the master (its actors need it anyway: the FrontEnd and GlobalManager check the
 API token, the JobManager calls the GlobalManager with it, Discovery derives every node's report key),
 so it holds every key. A Worker holds only its own node key, so it can sign its own reports and check
@@ -26,6 +29,7 @@ from pathlib import Path
 
 CONTROL_PLANE = frozenset({"frontend", "globalmanager", "discovery", "jobmanager"})
 WORKER_PREFIX = "worker-"
+HOLLOW_PREFIX = "hollow-"
 # A node name as Common.jobspec.NODE_NAME accepts it.
 _CACHE_MAX = 4096
 _NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
@@ -42,8 +46,15 @@ def node_of(party: str) -> str | None:
     return None
 
 
+def hollow_of(party: str) -> str | None:
+    """The node-name prefix of a ``hollow-<prefix>`` party (a hollow host), else None."""
+    if party.startswith(HOLLOW_PREFIX) and _NODE.match(party[len(HOLLOW_PREFIX):]):
+        return party[len(HOLLOW_PREFIX):]
+    return None
+
+
 def is_party(name: str) -> bool:
-    return name in CONTROL_PLANE or node_of(name) is not None
+    return name in CONTROL_PLANE or node_of(name) is not None or hollow_of(name) is not None
 
 
 def worker_party(node: str) -> str:
@@ -102,6 +113,9 @@ class Keyring:
         if sender == "globalmanager" and t_node is not None:
             k = self._node_key(t_node)
             return _hmac(k, "dispatch") if k is not None else None
+        prefix = hollow_of(sender)
+        if prefix is not None and to == "discovery" and self._master is not None:
+            return _hmac(self._master.encode(), f"rswarm/zmq/hollow/{prefix}")
         return None
 
 

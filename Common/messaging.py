@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from Common.evmstates import check_report_items
-from Common.keys import Keyring, is_party, node_of
+from Common.keys import Keyring, hollow_of, is_party, node_of
 from Common.metrics import ZMQ_MESSAGES
 from Common.states import TaskState
 
@@ -77,7 +77,8 @@ _ENVELOPE = {"v", "kind", "to", "ts", "ctr", "body"}
 WORKER_REPORTS = frozenset({"heartbeat", "worker_up", "task_status", "task_applied", "migration_status",
                             "evm_status", "epm_removed"})
 ACCEPT: dict[str, dict[str, frozenset[str]]] = {
-    "discovery": {"worker": WORKER_REPORTS, "frontend": frozenset({"hint"}),
+    "discovery": {"worker": WORKER_REPORTS, "hollow": frozenset({"task_status", "heartbeats"}),
+                  "frontend": frozenset({"hint"}),
                   "globalmanager": frozenset({"task_status"})},
     "jobmanager": {"frontend": frozenset({"hint"}), "discovery": frozenset({"hint"})},
     "worker": {"globalmanager": frozenset({"dispatch"})},
@@ -85,7 +86,9 @@ ACCEPT: dict[str, dict[str, frozenset[str]]] = {
 
 
 def role_of(party: str) -> str:
-    return "worker" if node_of(party) is not None else party
+    if node_of(party) is not None:
+        return "worker"
+    return "hollow" if hollow_of(party) is not None else party
 
 
 # kind -> {field: (types, required)}
@@ -95,6 +98,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "heartbeat": {"node": ((str,), True), "at": ((int, float), True)},
     # a Worker (re)registered with its cores free: Discovery hints the JobManager (workers may not hint it)
     "worker_up": {"node": ((str,), True), "at": ((int, float), True)},
+    "heartbeats": {"host": ((str,), True), "at": ((int, float), True)},  # a hollow host: all its nodes at once
     "task_applied": {
         "job_id": ((str,), True),
         "task": ((str,), True),
@@ -298,6 +302,10 @@ def authorize(to: str, sender: str, kind: str, body: Any) -> None:
     node = node_of(sender)
     if node is not None and (not isinstance(body, dict) or body.get("node") != node):
         raise BadMessage(f"{sender} reports about another node")
+    prefix = hollow_of(sender)  # a hollow host reports only about its own nodes
+    if prefix is not None and not (isinstance(body, dict) and (body.get("host") == prefix or (
+            isinstance(body.get("node"), str) and body["node"].startswith(prefix)))):
+        raise BadMessage(f"{sender} reports about a node that is not its own")
 
 
 class ReplayGuard:
@@ -531,13 +539,14 @@ class Receiver:
             ZMQ_MESSAGES.labels("in", env.kind, "accepted").inc()
             return env.kind, env.body, env.sender
 
-    def drain(self, timeout: float) -> list[tuple[str, dict[str, Any], str]]:
-        """Wait up to ``timeout`` for one message, then take every other one already queued."""
+    def drain(self, timeout: float, limit: int | None = None) -> list[tuple[str, dict[str, Any], str]]:
+        """Wait up to ``timeout`` for one message, then take the others already queued, at most ``limit``
+        in all (a long backlog is taken in slices, so the caller's own pace is kept)."""
         first = self.recv(timeout)
         if first is None:
             return []
         out = [first]
-        while (msg := self.recv(0.001)) is not None:
+        while (limit is None or len(out) < limit) and (msg := self.recv(0.001)) is not None:
             out.append(msg)
         return out
 

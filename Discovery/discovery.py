@@ -34,6 +34,8 @@ class Discovery:
         self.sweep_seconds = sweep_seconds
         self.heartbeat_timeout = heartbeat_timeout
         self.max_requeues = max_requeues
+        self.max_batch = 500  # messages applied per pass of the loop (see _receive)
+        self.lag = 0.0  # how far behind its queue Discovery is, seen on the last heartbeat (see sweep)
         self.stopping = threading.Event()
         self.lifecycle = Lifecycle(store, self.hint)
         self.evms = EvmReports(store)
@@ -47,9 +49,14 @@ class Discovery:
         while not self.stopping.is_set():
             wait = max(0.0, next_sweep - time.monotonic())
             msgs = self._receive(min(wait, 1.0))
-            # Heartbeats first: under a burst of reports they must not wait behind them.
-            msgs.sort(key=lambda m: m[0] != "heartbeat")
+            # Heartbeats first: under a burst of reports they must not wait behind them. Task reports are
+            # then applied together (one read and one write per job: on_task_statuses).
+            msgs.sort(key=lambda m: m[0] not in ("heartbeat", "heartbeats"))
+            reports: list[dict[str, Any]] = []
             for kind, body, _sender in msgs:
+                if kind == "task_status":
+                    reports.append(body)
+                    continue
                 try:
                     self.handle(kind, body)
                 except PyMongoError as exc:
@@ -58,6 +65,13 @@ class Discovery:
                     self.blind(f"MongoDB unavailable: {exc}")
                 except Exception:
                     log.exception("could not apply %s %s", kind, body)
+            if reports:
+                try:
+                    self.on_task_statuses(reports)
+                except PyMongoError as exc:
+                    self.blind(f"MongoDB unavailable: {exc}")  # the Workers re-report from their sweeps
+                except Exception:
+                    log.exception("could not apply %d task reports", len(reports))
             now = time.monotonic()
             if now >= next_sweep:
                 if now - next_sweep > self.heartbeat_timeout / 2:
@@ -82,7 +96,7 @@ class Discovery:
             self.stopping.wait(timeout)
             return []
         try:
-            return self.receiver.drain(timeout)
+            return self.receiver.drain(timeout, self.max_batch)
         except Exception:
             log.exception("receiving failed; going on")
             self.stopping.wait(min(timeout, 0.5))
@@ -120,16 +134,29 @@ class Discovery:
         elif kind == "heartbeat":
             # Our clock, not the Worker's: liveness must not depend on clock skew between hosts.
             self.store.workers.heartbeat(body["node"])
+            self._note_lag(body["at"])
+        elif kind == "heartbeats":  # a hollow host, for all its nodes (Worker/hollow.py)
+            self.store.workers.heartbeat_host(body["host"])
+            self._note_lag(body["at"])
+
+    def _note_lag(self, sent_at: float) -> None:
+        """A heartbeat sent at ``sent_at`` and applied now says how far behind its queue Discovery is. Under
+        a backlog of reports a heartbeat waits its turn; declaring a node dead for that would restart its
+        work (and add to the backlog). Clamped to [0, 4 timeouts], so clock skew cannot hide a dead node
+        for long."""
+        self.lag = min(max(0.0, time.time() - sent_at), 4 * self.heartbeat_timeout)
 
     # ---- failure detection and evacuation ------------------------------------------------------
     def sweep(self) -> None:
-        """Mark silent workers DOWN; move the work off DOWN and DRAINING workers (level-triggered)."""
+        """Mark silent workers DOWN; move the work off DOWN and DRAINING workers (level-triggered). Silent
+        means for longer than the timeout plus how far behind its own queue Discovery is (``_note_lag``)."""
         now = time.time()
+        stale = now - self.heartbeat_timeout - self.lag
         for w in self.store.workers.all():
             state = w.get("state")
             if (state in (READY, DRAINING) and now >= self.trust_heartbeats_after
-                    and w.get("heartbeat_at", 0) < now - self.heartbeat_timeout
-                    and self.store.workers.mark_down(w["_id"], now - self.heartbeat_timeout)):
+                    and w.get("heartbeat_at", 0) < stale
+                    and self.store.workers.mark_down(w["_id"], stale)):
                 log.warning("worker %s missed heartbeats for %.0fs: DOWN", w["_id"], self.heartbeat_timeout)
                 NODE_DOWN.labels(w["_id"]).inc()
                 state = DOWN
@@ -211,6 +238,79 @@ class Discovery:
             self.hint("job_finished", job_id)
         elif before != after and after == JobState.RUNNING.value:
             log.info("%s RUNNING", job_id)
+
+    # ---- batched reports ---------------------------------------------------------------------------
+    def on_task_statuses(self, reports: list[dict[str, Any]]) -> None:
+        """Every task report received together: per job one read and one conditional write for all its
+        tasks (and its own state), per node one release for all its finished tasks, the events in one
+        insert. Whatever cannot be batched (the job changed meanwhile) goes through ``on_task_status``."""
+        with self.store.events.batch():  # every event of the batch in one insert
+            self._on_task_statuses(reports)
+
+    def _on_task_statuses(self, reports: list[dict[str, Any]]) -> None:
+        by_job: dict[str, list[dict[str, Any]]] = {}
+        for body in reports:
+            by_job.setdefault(body["job_id"], []).append(body)
+        releases: dict[str, list[tuple[str, str]]] = {}
+        released_jobs: set[str] = set()
+        for job_id, bodies in by_job.items():
+            try:
+                if len(bodies) == 1 or not self._apply_job_reports(job_id, bodies, releases):
+                    for body in bodies:
+                        self.on_task_status(body)
+            except Exception:
+                log.exception("could not apply %d reports of %s", len(bodies), job_id)
+        for node, items in releases.items():
+            try:
+                for key in self.store.workers.release_many(node, items):
+                    released_jobs.add(key.partition(":")[0])
+            except Exception:
+                log.exception("could not release %d claims on %s (the JobManager's sweep will)", len(items), node)
+        for job_id in sorted(released_jobs):
+            self.hint("resources_released", job_id)
+
+    def _apply_job_reports(self, job_id: str, bodies: list[dict[str, Any]],
+                           releases: dict[str, list[tuple[str, str]]]) -> bool:
+        reports = []
+        for body in bodies:
+            state = TaskState(body["state"])
+            fields = {k: body.get(k) for k in ("container_id", "exit_code", "reason", "log_tail", "addresses")}
+            if state not in TASK_TERMINAL:
+                fields["exit_code"] = None
+            reports.append({"task": body["task"], "attempt": body["attempt"], "state": body["state"],
+                            "at": body["at"], "fields": fields})
+        res = self.store.jobs.apply_reports(job_id, reports)
+        if res is None:
+            return False
+        doc, moved = res["doc"], res["moved"]
+        moved_keys = {(task, attempt, state) for task, attempt, state, _ in moved}
+        for body in bodies:
+            TASK_REPORTS.labels(body["state"], "applied" if (body["task"], body["attempt"], TaskState(body["state"]))
+                                in moved_keys else "stale").inc()
+        for task, attempt, state, fields in moved:
+            log.info("%s/%s#%d -> %s%s", job_id, task, attempt, state.value,
+                     f" ({fields['reason']})" if fields.get("reason") else "")
+        # Finished tasks give their claim back (token-guarded: exactly once), replayed reports included.
+        final: dict[str, int] = {}
+        for body in bodies:
+            if TaskState(body["state"]) in TASK_TERMINAL:
+                final[body["task"]] = body["attempt"]
+        for task, attempt in final.items():
+            t = doc["tasks"].get(task)
+            if t is None or t["attempt"] != attempt or not t.get("node") or not t.get("claim_token"):
+                continue
+            if task in {m[0] for m in moved} or t["state"] in {s.value for s in TASK_TERMINAL}:
+                releases.setdefault(t["node"], []).append((alloc_key(job_id, task), t["claim_token"]))
+        failed = [(task, state) for task, _a, state, _f in moved if state in (TaskState.FAILED, TaskState.LOST)]
+        if failed and self.store.jobs.request_cancel(
+                job_id, f"task {failed[0][0]} {failed[0][1].value.lower()}") is not None:
+            self.hint("job_cancelled", job_id)
+        before, after = res["job"]
+        if before != after and after in {s.value for s in JOB_TERMINAL}:
+            self.hint("job_finished", job_id)
+        elif before != after and after == JobState.RUNNING.value:
+            log.info("%s RUNNING", job_id)
+        return True
 
     def release(self, job_id: str, task: str, attempt: int) -> None:
         job = self.store.jobs.get(job_id)

@@ -193,7 +193,7 @@ WORKER_VIEW_SCHEMA = {
     "required": ["id", "state", "cores", "free_cores", "mem_total", "mem_free"],
     "example": {"id": "w1", "state": "READY", "cores": "0-3", "free_cores": "2-3", "capacity_cores": 4,
                 "free_core_count": 2, "mem_total": 8589934592, "mem_free": 8455716864, "tasks": 2,
-                "heartbeat_at": 1795364131.2, "heartbeat_age_seconds": 0.8},
+                "heartbeat_at": 1795364131.2, "heartbeat_age_seconds": 0.8, "hollow": False},
     "properties": {
         "id": {"type": "string"},
         "state": {"type": "string", "example": "READY"},
@@ -206,6 +206,7 @@ WORKER_VIEW_SCHEMA = {
         "tasks": {"type": "integer"},
         "heartbeat_at": {"type": "number"},
         "heartbeat_age_seconds": {"type": "number"},
+        "hollow": {"type": "boolean", "description": "an emulated node that runs no container (hollow worker)"},
     },
 }
 

@@ -48,6 +48,7 @@ def cluster_summary(store: Any, strategy_default: str = "first-fit", recent: int
             "mem_total": w.get("mem_total", 0), "mem_free": w.get("mem_free", 0),
             "tasks": len(w.get("allocations") or {}),
             "heartbeat_age": round(max(0.0, now - hb), 1) if hb else None,
+            "hollow": bool(w.get("hollow")),
         })
     queued = store.jobs.queued()
     queue = []

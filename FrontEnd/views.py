@@ -72,4 +72,5 @@ def worker_view(doc: dict[str, Any]) -> dict[str, Any]:
         "tasks": len(doc.get("allocations", {})),
         "heartbeat_at": hb,
         "heartbeat_age_seconds": round(max(0.0, time.time() - hb), 3),
+        "hollow": bool(doc.get("hollow")),
     }

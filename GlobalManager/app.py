@@ -143,8 +143,11 @@ class Deploy(Resource):
         if job["state"] == JobState.QUEUED.value or job["state"] in JOB_TERMINAL:
             raise Conflict(f"job {job_id} is {job['state']}: only placed, unfinished jobs are deployed",
                            field="job_id")
+        placed = sorted({t["node"] for t in job["tasks"].values() if t.get("node")})
         try:
-            net = c.swarm.ensure_network(job)
+            # Tasks placed only on hollow nodes (Worker/hollow.py) run no container: no network to make.
+            hollow = bool(placed) and c.store.workers.hollow_among(placed) == set(placed)
+            net: dict[str, Any] = {} if hollow else c.swarm.ensure_network(job)
         except SubnetConflict as exc:
             # The JobManager keeps jobs whose subnet is taken in the queue; this is the last line only.
             c.fail_scheduled(job, str(exc))
@@ -191,6 +194,8 @@ class Cleanup(Resource):
         job = _job(job_id)
         if not all(t["state"] in TASK_TERMINAL for t in job["tasks"].values()):
             raise Conflict(f"job {job_id} still has unfinished tasks", field="job_id")
+        if gm().store.networks.get(job_id) is None:
+            return {"job_id": job_id, "network_removed": True}  # never had one (reserved before it is made)
         try:
             removed = gm().swarm.remove_network(job_id)
         except docker.errors.DockerException as exc:

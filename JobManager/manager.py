@@ -131,7 +131,12 @@ class JobManager:
     @SCHEDULE_SECONDS.time()
     def schedule(self) -> int:
         """Place as much of the queue as fits, and the targets of requested migrations. Returns the
-        number of jobs placed."""
+        number of jobs placed. The pass's events (decisions, claims, transitions) are written together
+        at its end, in one insert (BENCHMARKS.md, control plane)."""
+        with self.store.events.batch():
+            return self._schedule()
+
+    def _schedule(self) -> int:
         try:
             self.migrations.place_requested()
         except Exception:
@@ -236,6 +241,18 @@ class JobManager:
             by_node.setdefault(node, []).append(Alloc(job_id, task, tuple(cores), mem, token, ports))
         claimed: list[tuple[str, list[Alloc]]] = []
         ok = True
+        if len(by_node) > 1 and all(n in workers for n in by_node):
+            # Every node's claim in one round trip, each guarded by its snapshot's generation.
+            new_docs = self.store.workers.claim_many({n: (a, workers[n]) for n, a in by_node.items()})
+            if new_docs is not None and self.store.jobs.commit_placement(job_id, token, placement):
+                workers.update(new_docs)
+                log.info("placed %s: %s", job_id, {t: f"{n}/{c}" for t, (n, c) in placement.items()})
+                return True
+            if new_docs is not None:
+                claimed = list(by_node.items())
+            for node in by_node:
+                workers.pop(node, None)
+            by_node, ok = {}, False
         for node, allocs in by_node.items():
             new_doc = self.store.workers.claim(node, allocs, workers.get(node))
             if new_doc is None:

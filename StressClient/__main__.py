@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from StressClient import generators, report
+from StressClient import alibaba, generators, report
 from StressClient.client import FrontEnd
 from StressClient.runner import Arrival, Progress, Runner, RunOptions
 from StressClient.templates import Template, TemplateError
-from StressClient.trace import TraceError, load_trace
+from StressClient.trace import TraceEntry, TraceError, load_trace
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATE = REPO_ROOT / "StressClient" / "templates" / "sleep-1x1.json"
@@ -34,6 +34,8 @@ modes:
   random       every INTERVAL seconds a new rate drawn uniformly in [LOW, HIGH]
   replay       submit offsets and templates from a CSV or JSON trace
   report       regenerate the summary and plots of an earlier run from DIR/results.json
+  compare      the same workload once per placement strategy, side by side
+               (python -m StressClient compare --strategies A,B,... --out DIR MODE [mode arguments])
 
 Run `python -m StressClient MODE --help` for a mode's own parameters.
 """
@@ -86,6 +88,48 @@ def positive_int(text: str) -> int:
 
 def seed_int(text: str) -> int:
     return _number(text, 0, False, int)
+
+
+def window(text: str) -> tuple[float | None, float | None]:
+    """START:END in trace seconds; either side may be empty (open)."""
+    start, sep, end = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected START:END (seconds; either may be empty), got {text!r}")
+    lo = non_negative(start) if start.strip() else None
+    hi = non_negative(end) if end.strip() else None
+    if lo is not None and hi is not None and hi <= lo:
+        raise argparse.ArgumentTypeError(f"END must be above START, got {text!r}")
+    return lo, hi
+
+
+def memory_size(text: str) -> int:
+    from StressClient.templates import parse_memory
+
+    try:
+        return parse_memory(text, "size")
+    except TemplateError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_replay_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("trace", metavar="TRACE", help="trace file")
+    sp.add_argument("--format", choices=("csv", "json", *alibaba.FORMATS), default=None,
+                    help="csv or json (our own traces; default: from the file's suffix), alibaba-2017 or "
+                         "alibaba-2018 (the Alibaba cluster trace's batch_task table)")
+    sp.add_argument("--speed", type=positive, default=1.0,
+                    help="time compression factor: offsets (and Alibaba task durations) divided by F (default 1)")
+    sp.add_argument("--window", type=window, default=(None, None), metavar="START:END",
+                    help="only arrivals with START <= trace time < END (seconds, before --speed); either side "
+                         "may be empty; offsets then count from START")
+    g = sp.add_argument_group("Alibaba traces (docs/stressclient.md)")
+    g.add_argument("--max-instances", type=positive_int, default=4, metavar="N",
+                   help="tasks per trace row at most (one per instance; default 4); instances left out are reported")
+    g.add_argument("--max-tasks", type=positive_int, default=32, metavar="N",
+                   help="tasks per job at most (default 32; the FrontEnd takes 256 at most)")
+    g.add_argument("--cpu-scale", type=positive, default=1.0, metavar="F",
+                   help="req_cores = max(1, ceil(CPUs requested x F)) (default 1: one trace core, one core)")
+    g.add_argument("--machine-memory", type=memory_size, default=8 * 2**30, metavar="SIZE",
+                   help="memory of a whole trace machine: normalized memory x SIZE (default 8g)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -159,8 +203,7 @@ def parser() -> argparse.ArgumentParser:
     process_arg(sp)
 
     sp = sub.add_parser("replay", parents=[common], help="replay a CSV/JSON trace", description=MODE_HELP["replay"])
-    sp.add_argument("trace", metavar="TRACE", help="CSV or JSON trace file")
-    sp.add_argument("--speed", type=positive, default=1.0, help="time compression factor (default 1)")
+    add_replay_args(sp)
 
     sp = sub.add_parser("report", help="regenerate summary and plots from DIR/results.json",
                         description="Recompute the summary from DIR/results.json and rewrite jobs.csv, "
@@ -178,16 +221,38 @@ def build_arrivals(args: argparse.Namespace, p: argparse.ArgumentParser) -> tupl
     except TemplateError as exc:
         p.error(f"argument --template: {exc}")
     if args.mode == "replay":
-        try:
-            entries = load_trace(args.trace, template, args.speed, args.evms)
-        except TraceError as exc:
-            p.error(f"argument TRACE: {exc}")
+        fmt = args.format or ("json" if str(args.trace).lower().endswith(".json") else "csv")
+        lo, hi = args.window
+        params: dict[str, Any] = {"trace": str(args.trace), "format": fmt, "speed": args.speed,
+                                  "window": [lo, hi]}
+        if fmt in alibaba.FORMATS:
+            opts = alibaba.Options(speed=args.speed, window=(lo, hi), max_instances=args.max_instances,
+                                   max_tasks=args.max_tasks, cpu_scale=args.cpu_scale,
+                                   machine_memory=args.machine_memory)
+            try:
+                jobs, stats = alibaba.load(args.trace, fmt, opts)
+            except alibaba.AlibabaError as exc:
+                p.error(f"argument TRACE: {exc}")
+            entries = [TraceEntry(off, job) for off, job in jobs]  # type: ignore[arg-type]
+            params.update(cpu_scale=args.cpu_scale, machine_memory=args.machine_memory)
+            args.trace_stats = stats.to_dict()
+            args.trace_lines = stats.lines()
+            for line in stats.lines():
+                print(f"StressClient: {line}", file=sys.stderr)
+        else:
+            try:
+                entries = load_trace(args.trace, template, 1.0, args.evms, fmt)
+            except TraceError as exc:
+                p.error(f"argument TRACE: {exc}")
+            entries = [TraceEntry((e.offset - (lo or 0.0)) / args.speed, e.template) for e in entries
+                       if (lo is None or e.offset >= lo) and (hi is None or e.offset < hi)]
+            if not entries:
+                p.error("argument --window: no arrival of the trace lies in the window")
         if args.duration is not None:
             entries = [e for e in entries if e.offset < args.duration]
         if args.count is not None:
             entries = entries[: args.count]
         arrivals = [Arrival(i, e.offset, e.template) for i, e in enumerate(entries)]
-        params: dict[str, Any] = {"trace": str(args.trace), "speed": args.speed}
         names = sorted({e.template.source for e in entries})
     else:
         if args.duration is None and args.count is None and not (args.mode == "incremental" and args.slope < 0):
@@ -285,6 +350,84 @@ class LiveBar:
         self.progress.update(self.task, completed=p.due, description=p.phase, stats=stats)
 
 
+def run_options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(seed=args.seed, concurrency=args.concurrency, max_backlog=args.max_backlog,
+                      drain_seconds=args.drain, cancel_at_end=not args.keep, poll_interval=args.poll_interval,
+                      sample_interval=args.sample_interval, http_timeout=args.http_timeout,
+                      evm_hold=args.evm_hold)
+
+
+def run_config(args: argparse.Namespace, params: dict[str, Any], names: list[str], url: str,
+               planned: int) -> dict[str, Any]:
+    return {"mode": args.mode, "params": params, "seed": args.seed, "duration": args.duration,
+            "count": args.count, "templates": names, "url": url, "concurrency": args.concurrency,
+            "max_backlog": args.max_backlog, "evms": args.evms, "evm_hold": args.evm_hold,
+            "argv": sys.argv[1:], "host": socket.gethostname(), "planned_arrivals": planned,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "trace": getattr(args, "trace_stats", None)}
+
+
+COMPARE_HELP = """Run the same workload once per placement strategy, each on a drained system, and write one report:
+DIR/compare.json (one object per strategy), DIR/summary.txt, DIR/compare.html, waiting-time CDFs and
+utilisation/fragmentation over time as PNGs, and each run's own report in DIR/<strategy>/.
+MODE and its arguments are any StressClient mode's (replay included), e.g.
+
+  python -m StressClient compare --strategies first-fit,best-fit,min-slack --out DIR \
+      replay TRACE --format alibaba-2017 --window 0:600 --speed 20
+"""
+
+
+def compare_main(argv: list[str]) -> int:
+    from StressClient import compare
+
+    cp = argparse.ArgumentParser(prog="python -m StressClient compare", description=COMPARE_HELP,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    cp.add_argument("--strategies", type=compare.parse_strategies, required=True, metavar="A,B,...",
+                    help="placement strategies to compare, in this order (GET /api/v1/scheduler lists them)")
+    cp.add_argument("--out", required=True, metavar="DIR", help="where the comparison and each run's report go")
+    cp.add_argument("--settle", type=positive, default=300.0, metavar="S",
+                    help="wait up to S seconds for the system to drain before each run (default 300)")
+    cp.add_argument("mode_args", nargs=argparse.REMAINDER, metavar="MODE ...",
+                    help="a StressClient mode and its arguments")
+    a = cp.parse_args(argv)
+    modes = ("steady", "bursty", "incremental", "random", "replay")
+    if not a.mode_args or a.mode_args[0] not in modes:
+        cp.error(f"argument MODE: give one of {', '.join(modes)} and its arguments after --strategies and --out")
+    p = parser()
+    args = p.parse_args(a.mode_args)
+    if args.out:
+        cp.error("argument --out: give it before MODE (each strategy's run goes to DIR/<strategy>)")
+    if args.dry_run:
+        cp.error("argument --dry-run: not with compare (run the mode alone to see its schedule)")
+    arrivals, params, window, names = build_arrivals(args, p)
+    url, token = connection(args, p)
+    fe = FrontEnd(url, token, args.http_timeout)
+    problem = preflight(fe)
+    if problem:
+        print(f"StressClient: {problem}", file=sys.stderr)
+        return 1
+    try:
+        _, known = compare.strategies_known(fe)
+    except compare.CompareError as exc:
+        print(f"StressClient compare: {exc}", file=sys.stderr)
+        return 1
+    unknown = [s for s in a.strategies if s not in known]
+    if unknown:
+        cp.error(f"argument --strategies: unknown strategy {unknown[0]!r} (known: {', '.join(known)})")
+    config = run_config(args, params, names, url, len(arrivals))
+    config["argv"] = ["compare", *argv]
+    config["strategies"] = a.strategies
+    try:
+        doc = compare.run(fe, a.strategies, arrivals, run_options(args), Path(a.out), config, window, a.settle,
+                          not args.no_plots, getattr(args, "trace_lines", []))
+    except compare.CompareError as exc:
+        print(f"StressClient compare: {exc}", file=sys.stderr)
+        return 1
+    print(compare.summary_text(doc), end="")
+    print(f"results: {Path(a.out) / 'compare.json'}, {Path(a.out) / 'compare.html'}")
+    return 130 if any(m.get("interrupted") for m in doc["strategies"]) else 0
+
+
 def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     arrivals, params, window, names = build_arrivals(args, p)
     out = Path(args.out) if args.out else REPO_ROOT / "bench" / "results" / (
@@ -303,22 +446,15 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         return 1
     if out.exists() and any(out.iterdir()):
         print(f"StressClient: note: {out} is not empty; its results files are overwritten", file=sys.stderr)
-    opts = RunOptions(seed=args.seed, concurrency=args.concurrency, max_backlog=args.max_backlog,
-                      drain_seconds=args.drain, cancel_at_end=not args.keep, poll_interval=args.poll_interval,
-                      sample_interval=args.sample_interval, http_timeout=args.http_timeout,
-                      evm_hold=args.evm_hold)
+    opts = run_options(args)
     show = not args.no_progress and sys.stderr.isatty()
     bar = LiveBar(len(arrivals), show)
     runner = Runner(fe, arrivals, opts, bar.update)
-    config = {"mode": args.mode, "params": params, "seed": args.seed, "duration": args.duration,
-              "count": args.count, "templates": names, "url": url, "concurrency": args.concurrency,
-              "max_backlog": args.max_backlog, "evms": args.evms, "evm_hold": args.evm_hold, "argv": sys.argv[1:],
-              "host": socket.gethostname(),
-              "planned_arrivals": len(arrivals), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    config = run_config(args, params, names, url, len(arrivals))
     with bar.progress:
         result = runner.run()
     data = report.build(config, result.records, result.samples, result.started_at, result.arrivals_done_at,
-                        result.ended_at, window, result.interrupted, result.notes)
+                        result.ended_at, window, result.interrupted, getattr(args, "trace_lines", []) + result.notes)
     files = report.write_all(out, data, plots=not args.no_plots)
     report.print_summary(data)
     print(f"results: {', '.join(str(f) for f in files)}")
@@ -339,6 +475,13 @@ def regenerate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "compare":
+        try:
+            return compare_main(argv[1:])
+        except KeyboardInterrupt:
+            print("StressClient: interrupted", file=sys.stderr)
+            return 130
     p = parser()
     args = p.parse_args(argv)
     if args.mode == "report":

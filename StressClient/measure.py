@@ -154,7 +154,8 @@ def utilisation(samples: Sequence[Sample], started_at: float) -> dict[str, Any]:
     """Per worker: sample times (s from start), cores used, capacity, and the mean used fraction."""
     out: dict[str, Any] = {}
     for s in sorted(samples, key=lambda s: s.t):
-        w = out.setdefault(s.worker, {"t": [], "used": [], "cores": s.cores, "mem_used": [], "mem_total": s.mem_total})
+        w = out.setdefault(s.worker, {"t": [], "used": [], "cores": s.cores, "mem_used": [], "mem_total": s.mem_total,
+                                      "hollow": s.hollow})
         w["t"].append(s.t - started_at)
         w["used"].append(s.used)
         w["mem_used"].append(s.mem_used)
@@ -212,6 +213,8 @@ def summarise(records: Sequence[JobRecord], samples: Sequence[Sample], started_a
         "rates": rates(records, started_at, window),
         "outcomes": outcomes(records),
         "latency_trend_s_per_s": latency_trend(records, started_at),
-        "utilisation": {k: {"cores": v["cores"], "mean_used_fraction": v["mean_used_fraction"]}
+        "utilisation": {k: {"cores": v["cores"], "mean_used_fraction": v["mean_used_fraction"],
+                            "hollow": v["hollow"]}
                         for k, v in utilisation(samples, started_at).items()},
+        "workers": {"total": len({s.worker for s in samples}), "hollow": len({s.worker for s in samples if s.hollow})},
     }

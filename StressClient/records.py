@@ -94,6 +94,8 @@ class Sample:
     mem_total: int
     mem_used: int
     tasks: int
+    hollow: bool = False  # an emulated node (no containers): labelled in every report
+    free_block: int = -1  # longest run of consecutive free core ids (-1: not recorded)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

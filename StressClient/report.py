@@ -142,8 +142,19 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
             st = ev[key]
             lines.append(f"  {label:<34} n {st['n']}  p50 {_fmt(st['p50'])}  p99 {_fmt(st['p99'])}  "
                          f"max {_fmt(st['max'])}")
-    for w, u in s["utilisation"].items():
-        lines.append(f"worker {w}: {u['cores']} cores, mean {100 * u['mean_used_fraction']:.1f}% in use")
+    ws = s.get("workers") or {}
+    if ws.get("hollow"):
+        lines.append(f"workers: {ws['total']}, of which {ws['hollow']} HOLLOW (emulated nodes: no container ran "
+                     "on them; their tasks' lives were played through the real control plane)")
+    util = s["utilisation"]
+    if len(util) <= 20:
+        for w, u in util.items():
+            tag = " (hollow)" if u.get("hollow") else ""
+            lines.append(f"worker {w}{tag}: {u['cores']} cores, mean {100 * u['mean_used_fraction']:.1f}% in use")
+    elif util:
+        cores = sum(u["cores"] for u in util.values())
+        used = sum(u["cores"] * u["mean_used_fraction"] for u in util.values())
+        lines.append(f"all {len(util)} workers: {cores} cores, mean {100 * used / cores if cores else 0:.1f}% in use")
     lines.extend(f"note: {n}" for n in data.get("notes", []))
     return lines
 
@@ -314,14 +325,22 @@ def plot_utilisation(data: dict[str, Any], path: Path) -> None:
         im = ax1.pcolormesh(xedges, np.arange(len(names) + 1), np.vstack(rows), cmap="viridis", vmin=0, vmax=1,
                             shading="flat")
         ax1.set_ylim(len(names), 0)
-        ax1.set_yticks(np.arange(len(names)) + 0.5, [f"{n} ({util[n]['cores']} cores)" for n in names])
+        if len(names) <= 40:
+            ax1.set_yticks(np.arange(len(names)) + 0.5,
+                           [f"{n} ({util[n]['cores']} cores{', hollow' if util[n].get('hollow') else ''})"
+                            for n in names])
+        else:
+            hollow = sum(1 for n in names if util[n].get("hollow"))
+            ax1.set_yticks([])
+            ax1.set_ylabel(f"{len(names)} workers" + (f" ({hollow} hollow)" if hollow else ""))
         fig.colorbar(im, ax=[ax1, ax2], label="cores in use / capacity (heatmap)", pad=0.01, fraction=0.03)
         ax2.step(xedges, np.append(total, total[-1]), where="post", color="tab:blue",
                  label="cores in use (all workers)")
         ax2.axhline(capacity, color="grey", ls="--", lw=1, label=f"capacity ({capacity} cores)")
         ax2.set_ylim(0, capacity * 1.1 + 0.1)
         ax2.legend(loc="upper right", fontsize=8)
-    ax1.set_ylabel("worker")
+    if len(util) <= 40:
+        ax1.set_ylabel("worker")
     ax1.set_title(f"Per-worker core utilisation (claimed cores, sampled from /api/v1/workers)\n{_title(data)}")
     ax2.set_ylabel("cores")
     ax2.set_xlabel("time since the start of the run (s)")

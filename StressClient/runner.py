@@ -30,6 +30,19 @@ from StressClient.templates import Template, evm_count, job_shape
 ACTIVE_STATES = ("QUEUED", "SCHEDULED", "RUNNING", "CANCELLING")
 
 
+def longest_run(cpuset: str) -> int:
+    """The longest run of consecutive core ids in a cpuset such as "0-3,6,8-9" (4); 0 when empty."""
+    best = 0
+    for part in cpuset.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            n = int(hi or lo) - int(lo) + 1 if lo else 0
+        except ValueError:
+            n = 0
+        best = max(best, n)
+    return best
+
+
 @dataclass(frozen=True)
 class Arrival:
     seq: int
@@ -214,6 +227,7 @@ class Runner:
                 t=now, worker=str(w.get("id")), state=str(w.get("state")), cores=cap,
                 used=cap - int(w.get("free_core_count", cap)), mem_total=int(w.get("mem_total", 0)),
                 mem_used=int(w.get("mem_total", 0)) - int(w.get("mem_free", 0)), tasks=int(w.get("tasks", 0)),
+                hollow=bool(w.get("hollow")), free_block=longest_run(str(w.get("free_cores") or "")),
             ))
 
     def _sampler(self) -> None:

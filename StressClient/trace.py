@@ -47,8 +47,10 @@ def _offset(value: Any, where: str) -> float:
     return off
 
 
-def load_trace(path: str | Path, default: Template, speed: float = 1.0, with_evms: bool = False) -> list[TraceEntry]:
-    """Entries sorted by offset, offsets divided by ``speed`` (2.0 replays twice as fast)."""
+def load_trace(path: str | Path, default: Template, speed: float = 1.0, with_evms: bool = False,
+               fmt: str | None = None) -> list[TraceEntry]:
+    """Entries sorted by offset, offsets divided by ``speed`` (2.0 replays twice as fast). ``fmt`` is
+    "csv" or "json" (default: from the file's suffix)."""
     p = Path(path)
     if not speed > 0:
         raise TraceError(f"speed must be > 0, got {speed}")
@@ -67,7 +69,7 @@ def load_trace(path: str | Path, default: Template, speed: float = 1.0, with_evm
         return cache[name]
 
     entries: list[TraceEntry] = []
-    if p.suffix.lower() == ".json":
+    if (fmt or ("json" if p.suffix.lower() == ".json" else "csv")) == "json":
         try:
             raw = json.loads(text)
         except ValueError as exc:

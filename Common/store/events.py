@@ -5,8 +5,11 @@ Bounded by a TTL index (``retention_days``), so it never grows without limit.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from bson import ObjectId
@@ -24,6 +27,22 @@ class EventLog:
 
     def __init__(self, db: Database) -> None:
         self.col = db["events"]
+        self._local = threading.local()  # this thread's open batch, if any
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Events this thread records inside the block are written together, in order, in one insert when
+        it ends (each keeps the time it was recorded). A placement pass or a batch of reports writes its
+        events once instead of once per event; like every event they are best effort."""
+        if getattr(self._local, "buffer", None) is not None:
+            yield  # nested: the outer batch writes them
+            return
+        self._local.buffer = []
+        try:
+            yield
+        finally:
+            docs, self._local.buffer = self._local.buffer, None
+            self._insert(docs)
 
     def ensure_indexes(self) -> None:
         self.col.create_index([("at", ASCENDING)], expireAfterSeconds=self.retention_days * 86400)
@@ -33,14 +52,38 @@ class EventLog:
     def record(self, kind: str, job_id: str | None = None, **data: Any) -> None:
         """Best effort: an event that cannot be written is logged, never allowed to fail the caller."""
         doc = {"kind": kind, "at": dt.datetime.now(dt.UTC), "job_id": job_id, **data}
-        try:
-            self.col.insert_one(doc)
-        except PyMongoError as exc:
-            log.warning("event %s for %s not recorded: %s", kind, job_id, exc)
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is not None:
+            buffer.append(doc)
             return
-        EVENTS.labels(kind).inc()
-        if kind in ("job_state", "task_state") and isinstance(data.get("state"), str):
-            TRANSITIONS.labels(kind.removesuffix("_state"), data["state"]).inc()
+        self._insert([doc])
+
+    def record_many(self, events: list[tuple[str, str | None, dict[str, Any]]]) -> None:
+        """Several events in one write (batched reports); best effort, like ``record``."""
+        now = dt.datetime.now(dt.UTC)
+        docs = [{"kind": kind, "at": now, "job_id": job_id, **data} for kind, job_id, data in events]
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is not None:
+            buffer.extend(docs)
+            return
+        self._insert(docs)
+
+    def _insert(self, docs: list[dict[str, Any]]) -> None:
+        if not docs:
+            return
+        try:
+            if len(docs) == 1:
+                self.col.insert_one(docs[0])
+            else:
+                self.col.insert_many(docs, ordered=True)
+        except PyMongoError as exc:
+            log.warning("%d events (%s for %s, ...) not recorded: %s", len(docs), docs[0]["kind"],
+                        docs[0]["job_id"], exc)
+            return
+        for doc in docs:
+            EVENTS.labels(doc["kind"]).inc()
+            if doc["kind"] in ("job_state", "task_state") and isinstance(doc.get("state"), str):
+                TRANSITIONS.labels(doc["kind"].removesuffix("_state"), doc["state"]).inc()
 
     def for_job(self, job_id: str, limit: int = 1000) -> list[dict[str, Any]]:
         return list(self.col.find({"job_id": job_id}, {"_id": 0}).sort("at", ASCENDING).limit(limit))

@@ -21,6 +21,7 @@ from Common.resources import format_cpuset
 from Common.states import (
     JOB_RANK,
     JOB_TERMINAL,
+    TASK_RANK,
     TASK_TERMINAL,
     JobState,
     TaskState,
@@ -403,6 +404,58 @@ class JobStore:
                                **{k: v for k, v in fields.items() if v is not None and k != "log_tail"})
             return True
         return False
+
+    def apply_reports(self, job_id: str, reports: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Several task reports of one job in one conditional update (Discovery's batched path).
+
+        Each report moves its task forward only (within its attempt), exactly as ``transition_task``
+        would, and the job's state advances to what its tasks then imply, in the same write. The write is
+        guarded on every task's attempt and state as read, so it applies whole or not at all: None means
+        the job changed meanwhile (or is gone) and the caller applies the reports one by one instead.
+        Returns {"doc": job as read, "moved": [(task, attempt, state, fields)], "job": (before, after)}.
+        """
+        doc = self.col.find_one({"_id": job_id})
+        if doc is None:
+            return None
+        current = {name: TaskState(t["state"]) for name, t in doc["tasks"].items()}
+        update: dict[str, Any] = {}
+        moved: list[tuple[str, int, TaskState, dict[str, Any]]] = []
+        for r in reports:
+            t = doc["tasks"].get(r["task"])
+            state = TaskState(r["state"])
+            if t is None or t["attempt"] != r["attempt"] or TASK_RANK[state] <= TASK_RANK[current[r["task"]]]:
+                continue
+            current[r["task"]] = state
+            prefix = f"tasks.{r['task']}"
+            update[f"{prefix}.state"] = state.value
+            update[f"{prefix}.state_times.{state.value}"] = r.get("at") or time.time()
+            fields = {k: v for k, v in (r.get("fields") or {}).items() if v is not None}
+            for key, value in fields.items():
+                update[f"{prefix}.{key}"] = value
+            moved.append((r["task"], r["attempt"], state, fields))
+        before = JobState(doc["state"])
+        after = derive_job_state(list(current.values()), bool(doc.get("user_cancelled")))
+        if JOB_RANK[after] <= JOB_RANK[before]:
+            after = before
+        if not moved:
+            return {"doc": doc, "moved": [], "job": (before.value, before.value)}
+        guard: dict[str, Any] = {"_id": job_id, "state": doc["state"]}
+        for name, t in doc["tasks"].items():
+            guard[f"tasks.{name}.attempt"] = t["attempt"]
+            guard[f"tasks.{name}.state"] = t["state"]
+        if after != before:
+            update["state"] = after.value
+            update[f"state_times.{after.value}"] = time.time()
+        if self.col.update_one(guard, {"$set": update}).modified_count != 1:
+            return None
+        events: list[tuple[str, str | None, dict[str, Any]]] = [
+            ("task_state", job_id, {"task": task, "attempt": attempt, "state": state.value,
+                                    **{k: v for k, v in fields.items() if k != "log_tail"}})
+            for task, attempt, state, fields in moved]
+        if after != before:
+            events.append(("job_state", job_id, {"state": after.value}))
+        self.events.record_many(events)
+        return {"doc": doc, "moved": moved, "job": (before.value, after.value)}
 
     def refresh_state(self, job_id: str) -> tuple[str | None, str | None]:
         """Advance the job's state to what its tasks imply. Returns (before, after); equal if unchanged."""
