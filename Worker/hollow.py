@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 _SLEEP = re.compile(r"(?:^|[\s;&|(])sleep\s+(\d+(?:\.\d*)?|\.\d+)")
 _EXIT = re.compile(r"(?:^|[\s;&|(])exit\s+(\d{1,3})\b")
-ACTIVE = [JobState.SCHEDULED.value, JobState.RUNNING.value]
+ACTIVE = [JobState.SCHEDULED.value, JobState.RUNNING.value, JobState.CANCELLING.value]  # jobs with live tasks
 
 
 def plan(task: dict[str, Any]) -> tuple[float, int]:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pymongo
 import pytest
 import requests
 
@@ -30,6 +31,7 @@ from Common.resources import parse_cpuset
 from Common.states import TaskState
 from Common.store import Store
 from tests.conftest import SLOT
+from tests.helpers import admin_uri
 from Worker.hollow import parse_spec, plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,7 +221,8 @@ def test_batched_heartbeats_keep_every_hollow_node_alive(hcfg: Config, hstore: S
 @pytest.fixture()
 def private_store(hcfg: Config) -> Iterator[Store]:
     """A database of its own on the deployment's MongoDB server, which no running actor reads."""
-    s = Store.connect(hcfg)
+    # As the deployment's admin: the actors' own users may not create or drop databases (docs/security.md).
+    s = Store(pymongo.MongoClient(admin_uri(hcfg))[hcfg.mongo.database])
     name = f"rswarm_batch_{os.getpid()}"
     s.db.client.drop_database(name)
     private = Store(s.db.client[name])
