@@ -37,6 +37,13 @@ from Worker.volumes import job_paths
 log = logging.getLogger(__name__)
 
 ENGINE_DEAD_SECONDS = 30.0  # no engine answer for this long: stop heartbeating (the node is not alive)
+
+
+def engine_gone(exc: BaseException) -> bool:
+    """Nothing listens on the engine's address (connection refused, its socket file gone): the engine is
+    dead, and the node stops heartbeating at once. A timeout or an error answer is a slow or busy engine,
+    which gets ``ENGINE_DEAD_SECONDS`` of grace (a busy node is not a dead node)."""
+    return isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.Timeout)
 START_MAX_ATTEMPTS = 6  # transient engine errors creating a task's container: 1, 2, 4, 8, 16 s apart, then FAILED
 START_BACKOFF_SECONDS = 1.0
 
@@ -108,8 +115,9 @@ class Worker:
 
     def _heartbeat(self) -> None:
         """Beat every ``heartbeat_seconds`` from this thread alone: it never waits for the engine or
-        MongoDB (a busy node whose engine answers slowly is alive). It stops beating only when the engine
-        has not answered any probe for ``ENGINE_DEAD_SECONDS``: a node without its engine is not alive."""
+        MongoDB (a busy node whose engine answers slowly is alive). It stops beating when the engine is
+        gone (``engine_gone``) or has not answered any probe for ``ENGINE_DEAD_SECONDS``: a node without
+        its engine is not alive."""
         while not self.stopping.is_set():
             if time.monotonic() - self.engine_ok_at < ENGINE_DEAD_SECONDS:
                 self.reports.send("heartbeat", {"node": self.name, "at": time.time()})
@@ -125,6 +133,8 @@ class Worker:
                     self.wake.set()  # the engine may have restarted: reconcile what it holds now
                 self.engine_ok_at = time.monotonic()
             except (docker.errors.DockerException, requests.RequestException) as exc:
+                if engine_gone(exc):
+                    self.engine_ok_at = float("-inf")  # nothing listens there: the engine is dead, not slow
                 log.warning("the Docker engine does not answer: %s", exc)
             try:
                 state = (self.store.workers.get(self.name) or {}).get("state")

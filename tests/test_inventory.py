@@ -73,6 +73,16 @@ def our_netns() -> list[str]:
     return sorted(p.name for p in Path("/run/netns").glob(f"{P}-*")) if Path("/run/netns").exists() else []
 
 
+def worker_pids(name: str) -> list[int]:
+    """The Worker processes running in host ``name``'s network namespace."""
+    out = []
+    for pid in netns_pids(name):
+        with contextlib.suppress(OSError):
+            if b"-m\x00Worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(pid)
+    return out
+
+
 def netns_pids(name: str) -> list[int]:
     return [int(p) for p in run(["ip", "netns", "pids", name], check=False).stdout.split() if p.isdigit()]
 
@@ -262,7 +272,7 @@ def test_up_inventory_makes_three_ready_swarm_nodes_each_with_a_worker(hosts: Ho
     for name, _ in HOSTS:
         assert f"{name}: Swarm node Ready, Worker READY" in hosts.up_output  # type: ignore[attr-defined]
         # The code was shipped into the host's own directory and its Worker runs from there.
-        pid = int((DATA / name / "run" / "worker.pid").read_text())
+        (pid,) = worker_pids(name)  # one Worker, run by that host's supervisord
         assert Path(f"/proc/{pid}/cwd").resolve() == DATA / name / "repo"
         assert (DATA / name / "repo" / ".venv" / "bin" / "python").exists()
         assert "rswarm/task:1" in {t for i in engine(name).images() for t in i.get("RepoTags") or []}
@@ -343,7 +353,7 @@ def test_hosts_remove_then_add_shrinks_and_grows_the_cluster(hosts: Hosts) -> No
     assert engine(name).info()["Swarm"]["LocalNodeState"] == "inactive"
     assert f'name = "{name}"' not in hosts.inventory.read_text()
     assert name not in hosts.workers(), (r.stdout, hosts.workers().get(name))  # drained first, then forgotten
-    assert not (DATA / name / "run" / "worker.pid").exists()
+    assert worker_pids(name) == []
     # A step that fails names the host and the step, and leaves the inventory as it was.
     before = hosts.inventory.read_text()
     r = hosts.mgmt("hosts", "add", f"{P}-hx", "--address", addr, "--repo", "/proc/no-such-dir/repo", "--run-dir",
@@ -367,9 +377,7 @@ def test_down_leave_then_teardown_leaves_nothing(hosts: Hosts) -> None:
     assert [n["Spec"]["Role"] for n in nodes] == ["manager"], nodes  # every host left and was removed
     for name, _ in HOSTS:
         assert engine(name).info()["Swarm"]["LocalNodeState"] == "inactive"
-        assert not (DATA / name / "run" / "worker.pid").exists()
-        assert not any(b"-m\x00Worker" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in netns_pids(name)
-                       if Path(f"/proc/{pid}/cmdline").exists())
+        assert worker_pids(name) == []
     for pid_file in (hosts.run_dir / "pids").glob("*.json"):
         raise AssertionError(f"a process record is left: {pid_file}")
     teardown_hosts()
