@@ -233,6 +233,7 @@ ERROR_EXAMPLES: list[tuple[str, str, int, str, str | None]] = [
                                          "jobs only", "job_id"),
     ("/jobs/{job_id}/evms", "post", 400, "count is required (how many EVMs to add)", "count"),
     ("/jobs/{job_id}/evms", "post", 413, "The data value transmitted exceeds the capacity limit.", None),
+    ("/jobs/{job_id}/evms", "patch", 413, "The data value transmitted exceeds the capacity limit.", None),
     ("/jobs/{job_id}/evms", "get", 400, "state must be one of ['PENDING', 'DEPLOYING', 'READY', 'ERROR', 'DELETED']",
      "state"),
     ("/jobs/{job_id}/evms", "delete", 400, f"ids: 'vm1' is not an EVM id of job {_SAMPLE_JOB_ID}", "ids"),
