@@ -152,6 +152,10 @@ def parser() -> argparse.ArgumentParser:
                    help="drop arrivals (counted as 'client backlog' errors) past N waiting (default 10000)")
     g.add_argument("--drain", type=non_negative, default=300.0, metavar="S",
                    help="after the last arrival, wait up to S seconds for jobs to finish (default 300)")
+    g.add_argument("--retry-refused", type=non_negative, default=0.0, metavar="S",
+                   help="resend a submission that got no answer or a 503 (FrontEnd or MongoDB away) with the same "
+                        "Idempotency-Key, backing off 0.5-4 s, for up to S seconds; refusals are counted apart "
+                        "(default 0: no retry)")
     g.add_argument("--keep", action="store_true", help="leave jobs unfinished at the end running (default: cancel)")
     g.add_argument("--evms", action="store_true",
                    help="send the template's 'evms' section as each job's job_info.evms: every task an EPM "
@@ -354,7 +358,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(seed=args.seed, concurrency=args.concurrency, max_backlog=args.max_backlog,
                       drain_seconds=args.drain, cancel_at_end=not args.keep, poll_interval=args.poll_interval,
                       sample_interval=args.sample_interval, http_timeout=args.http_timeout,
-                      evm_hold=args.evm_hold)
+                      evm_hold=args.evm_hold, retry_refused_seconds=args.retry_refused)
 
 
 def run_config(args: argparse.Namespace, params: dict[str, Any], names: list[str], url: str,

@@ -57,8 +57,9 @@ class FrontEnd:
             message = str(body["error"].get("message", message))[:300]
         return Reply(r.status_code, body, f"HTTP {r.status_code} {code}", message)
 
-    def submit(self, body: dict[str, Any]) -> Reply:
-        return self._call("POST", "/jobs", json=body)
+    def submit(self, body: dict[str, Any], idempotency_key: str | None = None) -> Reply:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self._call("POST", "/jobs", json=body, headers=headers)
 
     def job(self, job_id: str) -> Reply:
         return self._call("GET", f"/jobs/{job_id}")

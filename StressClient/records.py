@@ -28,6 +28,10 @@ class JobRecord:
     status: int | None = None
     error: str | None = None  # why it was not accepted: "HTTP 422 unschedulable", "timeout", "client backlog"
     message: str | None = None
+    # Refused attempts before the answer above (RunOptions.retry_refused_seconds): no answer, or a 503 while
+    # the FrontEnd or MongoDB was away. Never accepted, so never jobs; the last reason is kept.
+    refusals: int = 0
+    last_refusal: str | None = None
     job_id: str | None = None
     state: str | None = None
     accepted_at: float | None = None  # the FrontEnd stored it (job created_at)

@@ -20,10 +20,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from StressClient.client import FrontEnd
+from StressClient.client import FrontEnd, Reply
 from StressClient.records import JobRecord, Sample
 from StressClient.templates import Template, evm_count, job_shape
 
@@ -61,6 +62,15 @@ class RunOptions:
     sample_interval: float = 1.0
     http_timeout: float = 30.0
     evm_hold: float = 1.0  # seconds an EVM job is left running once its EVMs settled, then deleted
+    # > 0: a submission refused for want of a FrontEnd or MongoDB (no HTTP answer, or 503) is sent again, with
+    # the same Idempotency-Key (so a request stored before its answer was lost is not stored twice), with a
+    # backoff of 0.5 s doubling to 4 s, for up to this many seconds; each refusal is counted in the record.
+    retry_refused_seconds: float = 0.0
+
+
+def _refused(reply: Reply) -> bool:
+    """Nothing was stored for certain or the FrontEnd said so: no answer at all, or 503 (MongoDB away)."""
+    return reply.status is None or reply.status in (502, 503, 504)
 
 
 @dataclass
@@ -121,12 +131,12 @@ class Runner:
             rec.tasks, rec.cores = job_shape(body)
             rec.evms_requested = evm_count(body)
             rec.sent_at = time.time()
-            reply = self.fe.submit(body)
+            reply = self._submit(rec, body)
             rec.response_at = time.time()
             rec.status = reply.status
             with self.lock:
                 self.progress.sent += 1
-                if reply.status == 201 and isinstance(reply.body, dict) and reply.body.get("id"):
+                if reply.status in (200, 201) and isinstance(reply.body, dict) and reply.body.get("id"):
                     rec.job_id = str(reply.body["id"])
                     rec.state = str(reply.body.get("state", "QUEUED"))
                     self.active[rec.job_id] = rec
@@ -135,6 +145,24 @@ class Runner:
                     rec.error = reply.error or f"HTTP {reply.status} unexpected answer"
                     rec.message = reply.message
                     self.progress.errors += 1
+
+    def _submit(self, rec: JobRecord, body: dict) -> Reply:
+        """One submission, retried while refused (``retry_refused_seconds``). A 200 is the replay of our own
+        Idempotency-Key: the job an earlier attempt stored, whose 201 was lost."""
+        if self.opts.retry_refused_seconds <= 0:
+            return self.fe.submit(body)
+        key = f"stress-{uuid.uuid4().hex}"
+        deadline = time.monotonic() + self.opts.retry_refused_seconds
+        delay = 0.5
+        while True:
+            reply = self.fe.submit(body, idempotency_key=key)
+            if not _refused(reply) or time.monotonic() + delay > deadline or self.stop.is_set():
+                return reply
+            rec.refusals += 1
+            rec.last_refusal = reply.error
+            if self.stop.wait(delay):
+                return reply
+            delay = min(delay * 2, 4.0)
 
     def _dispatch(self) -> None:
         for a in self.arrivals:

@@ -31,6 +31,11 @@ class StartFailed(Exception):
     """The task cannot start on this node for a reason that retrying will not fix."""
 
 
+class StartTimedOut(Exception):
+    """The engine gave up waiting inside a start (a 500 saying "context deadline exceeded", e.g. the Swarm's
+    network attachment on a busy host): transient, the created container can be started again."""
+
+
 @dataclass
 class Observed:
     """A managed container as the engine reports it."""
@@ -215,6 +220,8 @@ class Engine:
         try:
             self.api.start(container_id)
         except APIError as exc:
+            if exc.status_code == 500 and "context deadline exceeded" in str(exc.explanation or exc):
+                raise StartTimedOut(f"cannot start the container: {exc.explanation or exc}") from None
             if exc.status_code in (400, 404, 500):
                 raise StartFailed(f"cannot start the container: {exc.explanation or exc}") from None
             raise

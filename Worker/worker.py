@@ -28,7 +28,7 @@ from Common.states import TASK_RANK, TASK_TERMINAL, TaskState
 from Common.store import Store
 from Common.store.jobs import container_name
 from Common.store.workers import DOWN, READY, REMOVED
-from Worker.engine import Engine, Observed, StartFailed
+from Worker.engine import Engine, Observed, StartFailed, StartTimedOut
 from Worker.epm_image import ImageError
 from Worker.evms import EvmSync, is_epm
 from Worker.lifecycle import Lifecycle
@@ -302,8 +302,10 @@ class Worker:
         if obs.status in ("exited", "dead"):
             self.report_exit(obs)
         elif obs.status == "created":
-            # Created by a pass that died before starting it.
-            self.start(job["_id"], name, t, obs.id)
+            # Created by a pass that died before starting it, or whose start timed out (retried with backoff).
+            retry = self._retries.get((job["_id"], name, t["attempt"]))
+            if retry is None or retry[1] <= time.monotonic():
+                self.start(job["_id"], name, t, obs.id)
         elif obs.status == "running" and TASK_RANK[state] < TASK_RANK[TaskState.RUNNING]:
             self.report(job["_id"], name, t["attempt"], TaskState.RUNNING, container_id=obs.id,
                         addresses=self.engine.addresses(obs.id) or None)
@@ -369,6 +371,25 @@ class Worker:
             self.engine.remove(cid)
             self.report(job_id, name, t["attempt"], TaskState.FAILED, reason=str(exc), container_id=cid)
             return
+        except StartTimedOut as exc:
+            # Transient: the container stays created and a later pass starts it again (converge), with the
+            # same backoff and cap as a transient create error.
+            key = (job_id, name, t["attempt"])
+            n = (self._retries.get(key, (0, 0.0))[0]) + 1
+            if n >= START_MAX_ATTEMPTS:
+                self._retries.pop(key, None)
+                CONTAINER_STARTS.labels(self.name, "failed").inc()
+                self.engine.remove(cid)
+                self.report(job_id, name, t["attempt"], TaskState.FAILED, container_id=cid,
+                            reason=f"the engine failed {n} times to start the container; last error: {exc}")
+                return
+            delay = min(START_BACKOFF_SECONDS * 2 ** (n - 1), 60.0)
+            self._retries[key] = (n, time.monotonic() + delay)
+            log.warning("starting %s/%s#%d failed (%s); retry %d in %.0fs", job_id, name, t["attempt"], exc, n,
+                        delay)
+            self.wake_at(time.monotonic() + delay)
+            return
+        self._retries.pop((job_id, name, t["attempt"]), None)
         CONTAINER_STARTS.labels(self.name, "started").inc()
         log.info("started %s/%s#%d on cores %s", job_id, name, t["attempt"], t["cpuset"])
         self.report(job_id, name, t["attempt"], TaskState.RUNNING, container_id=cid,

@@ -352,3 +352,31 @@ def test_a_reconcile_pass_runs_container_operations_concurrently_and_reraises_th
         assert sorted(done) == [1, 2]  # the others still ran
     finally:
         pool.shutdown()
+
+
+def test_engine_start_timing_out_inside_the_engine_is_transient_and_other_500s_are_permanent() -> None:
+    """The engine's own deadline on a start (seen for real in the chaos run: "attaching to network failed, …:
+    context deadline exceeded" while the host was loaded) can be retried; an OCI runtime refusal cannot. A
+    real engine cannot be made to time out on demand, so its answer is replayed by a fake low-level client
+    (the Engine is real, connected to the local dockerd)."""
+    import requests
+    from docker.errors import APIError
+
+    from Worker.engine import Engine, StartFailed, StartTimedOut
+
+    def answering(message: str):
+        class Api:
+            def start(self, container_id: str) -> None:
+                resp = requests.Response()
+                resp.status_code = 500
+                raise APIError("500 Server Error", response=resp, explanation=message)
+        return Api()
+
+    engine = Engine("unix:///var/run/docker.sock", "rswtest-units")
+    engine.api = answering("attaching to network failed, make sure your network options are correct and check "
+                           "manager logs: context deadline exceeded")
+    with pytest.raises(StartTimedOut, match="context deadline exceeded"):
+        engine.start("c1")
+    engine.api = answering("failed to create task for container: OCI runtime create failed: mount /proc/x")
+    with pytest.raises(StartFailed, match="OCI runtime"):
+        engine.start("c1")
