@@ -60,7 +60,8 @@ def test_put_stores_the_strategy_and_options_where_new_jobmanager_and_frontend_i
         assert jm.options() == SchedulerOptions(preemption=True, aging_seconds=5)
     finally:
         jm.stop()
-    fresh = create_app(system).test_client().get("/api/v1/scheduler").get_json()
+    # as a client of that FrontEnd would ask (its Host header is checked against the configured names)
+    fresh = create_app(system).test_client().get("/api/v1/scheduler", base_url=system.frontend_url).get_json()
     assert fresh["strategy"] == "best-fit-decreasing" and fresh["options"]["preemption"] is True
 
 
