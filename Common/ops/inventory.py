@@ -47,7 +47,7 @@ import docker
 import paramiko
 
 from Common.config import REPO_ROOT, Config
-from Common.ops.remote import Inventory, RemoteError, RemoteHost, Session, load_inventory, write_inventory
+from Common.ops.remote import Inventory, RemoteError, RemoteHost, Session, load_inventory, make_parents, write_inventory
 from Common.store import Store
 
 DEFAULT_SWARM_POOL = "10.90.0.0/16"
@@ -279,15 +279,7 @@ def _sync(s: Session, files: list[tuple[Path, str]]) -> int:
     try:
         for local, remote in files:
             st = local.stat()
-            for parent in reversed(PurePosixPath(remote).parents):
-                p = str(parent)
-                if p in made or p in ("/", "."):
-                    continue
-                try:
-                    sftp.stat(p)
-                except FileNotFoundError:
-                    sftp.mkdir(p)
-                made.add(p)
+            make_parents(sftp, PurePosixPath(remote), made)
             try:
                 rst = sftp.stat(remote)
                 if rst.st_size == st.st_size and int(rst.st_mtime or 0) == int(st.st_mtime):

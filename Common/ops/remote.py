@@ -262,20 +262,25 @@ class Session:
                 if rel.startswith("/") or ".." in PurePosixPath(rel).parts:
                     raise RemoteError(f"refusing to ship {rel!r}: not a plain relative path")
                 target = PurePosixPath(dest) / rel
-                for parent in reversed(target.parents):
-                    p = str(parent)
-                    if p in made or p in ("/", "."):
-                        continue
-                    try:
-                        sftp.stat(p)
-                    except FileNotFoundError:
-                        sftp.mkdir(p)
-                    made.add(p)
+                make_parents(sftp, target, made)
                 sftp.put(str(root / rel), str(target))
                 sftp.chmod(str(target), stat.S_IMODE((root / rel).stat().st_mode))
         finally:
             sftp.close()
         return len(files)
+
+
+def make_parents(sftp: Any, target: PurePosixPath, made: set[str]) -> None:
+    """``mkdir -p`` of ``target``'s parents over SFTP; ``made`` remembers what exists across calls."""
+    for parent in reversed(target.parents):
+        p = str(parent)
+        if p in made or p in ("/", "."):
+            continue
+        try:
+            sftp.stat(p)
+        except FileNotFoundError:
+            sftp.mkdir(p)
+        made.add(p)
 
 
 # ---- the Worker process on a host ----------------------------------------------------------------
