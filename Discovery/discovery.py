@@ -222,7 +222,8 @@ class Discovery:
         fields = {k: body.get(k) for k in ("container_id", "exit_code", "reason", "log_tail", "addresses")}
         if state not in TASK_TERMINAL:
             fields["exit_code"] = None
-        moved = self.store.jobs.transition_task(job_id, task, attempt, state, at=body["at"], **fields)
+        moved = self.store.jobs.transition_task(job_id, task, attempt, state, at=body["at"], node=body["node"],
+                                                **fields)
         TASK_REPORTS.labels(state.value, "applied" if moved else "stale").inc()
         if moved:
             log.info("%s/%s#%d -> %s%s", job_id, task, attempt, state.value,
@@ -278,7 +279,7 @@ class Discovery:
             if state not in TASK_TERMINAL:
                 fields["exit_code"] = None
             reports.append({"task": body["task"], "attempt": body["attempt"], "state": body["state"],
-                            "at": body["at"], "fields": fields})
+                            "at": body["at"], "node": body["node"], "fields": fields})
         res = self.store.jobs.apply_reports(job_id, reports)
         if res is None:
             return False

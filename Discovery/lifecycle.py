@@ -37,7 +37,7 @@ class Lifecycle:
                 self.hint("migration", m["job_id"])
         elif state == mg.DONE and m["state"] == mg.CHECKPOINTED and body["node"] == m["target"]:
             self.finish(m, body.get("container_id") or "", body.get("timings"), body.get("addresses"))
-        elif state == mg.FAILED and m["state"] in mg.ACTIVE:
+        elif state == mg.FAILED and m["state"] in mg.ACTIVE and body["node"] in (m["source"], m.get("target")):
             self.fail(m, body.get("reason") or "failed", body.get("timings"))
 
     def finish(self, m: dict[str, Any], container_id: str, timings: dict[str, float] | None,

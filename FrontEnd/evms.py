@@ -180,6 +180,18 @@ def _epms(job: dict[str, Any]) -> list[str]:
     return [name for name, t in job["tasks"].items() if t.get("evms")]
 
 
+def _changeable(job_id: str, only: str) -> tuple[dict[str, Any], list[str]]:
+    """The job and its EPM names, if its EVM set may change now; 404 or 409 (naming why and ``only``) if not."""
+    job = _job(job_id)
+    epms = _epms(job)
+    if not epms:
+        raise Conflict(f"job {job_id} has no EPMs (submit it with an evms section)", field="job_id")
+    if job["state"] in {s.value for s in JOB_TERMINAL} or job.get("cancel_requested"):
+        why = " and being cancelled" if job.get("cancel_requested") else ""
+        raise Conflict(f"job {job_id} is {job['state']}{why}; {only}", field="job_id")
+    return job, epms
+
+
 def _epm_arg(job: dict[str, Any]) -> str | None:
     epm = request.args.get("epm") or None
     if epm is not None and (not EPM_NAME.match(epm) or epm not in _epms(job)):
@@ -263,14 +275,7 @@ class Evms(Resource):
     def post(self, job_id: str):
         """CREATE: add EVMs to a waiting or running job. 202; 400 invalid; 401; 404; 409 no room / finished; 503."""
         body = json_body()
-        job = _job(job_id)
-        epms = _epms(job)
-        if not epms:
-            raise Conflict(f"job {job_id} has no EPMs (submit it with an evms section)", field="job_id")
-        if job["state"] in {s.value for s in JOB_TERMINAL} or job.get("cancel_requested"):
-            why = " and being cancelled" if job.get("cancel_requested") else ""
-            raise Conflict(f"job {job_id} is {job['state']}{why}; EVMs are added to waiting or running jobs only",
-                           field="job_id")
+        job, epms = _changeable(job_id, "EVMs are added to waiting or running jobs only")
         addition = parse_addition(body, epms)
         _check_capacity(job, addition.counts)
         try:
@@ -294,14 +299,7 @@ class Evms(Resource):
         """UPDATE: resize the job's EVM set following its distribution; set the next batch's rate. Idempotent.
         202; 400; 401; 404; 409 changed meanwhile / no room / finished; 503."""
         body = json_body()
-        job = _job(job_id)
-        epms = _epms(job)
-        if not epms:
-            raise Conflict(f"job {job_id} has no EPMs (submit it with an evms section)", field="job_id")
-        if job["state"] in {s.value for s in JOB_TERMINAL} or job.get("cancel_requested"):
-            why = " and being cancelled" if job.get("cancel_requested") else ""
-            raise Conflict(f"job {job_id} is {job['state']}{why}; only a waiting or running job's EVMs change",
-                           field="job_id")
+        job, epms = _changeable(job_id, "only a waiting or running job's EVMs change")
         store = ctx().store
         st = store.evms.set_state(job_id)
         plan = job.get("evms") or {}

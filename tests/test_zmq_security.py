@@ -354,3 +354,36 @@ def test_report_signed_with_one_nodes_key_naming_another_node_is_ignored(system:
                  lambda: store.jobs.get(job_id)["tasks"]["t"]["state"] == "FAILED", 30)
     finally:
         p.close()
+
+
+def test_report_signed_by_a_node_about_a_task_placed_on_another_node_is_not_applied(system: Config, api: Api,
+                                                                                     store) -> None:
+    """Node A's genuine key, naming A itself, but about B's task: the frame is authentic, the claim is not."""
+    victim = system.worker_name
+    job_id = api.submit(task_job({"t": sleeper(120)}, name="victim2"))
+    task = api.wait_tasks(job_id, "RUNNING", timeout=60)["tasks"]["t"]
+    assert task["node"] == victim
+    master = system.token()
+    attacker = f"rswfz{SLOT}-c"
+    a_keys = Keyring.worker(attacker, node_key(master, attacker))
+    b_keys = Keyring.worker(victim, node_key(master, victim))
+
+    def body(state: str, node: str, reason: str, code: int) -> dict:
+        return {"job_id": job_id, "task": "t", "attempt": task["attempt"], "state": state, "node": node,
+                "at": time.time(), "reason": reason, "exit_code": code}
+
+    p = Pusher(system.discovery_endpoint)
+    try:
+        p.send(_sign(a_keys, "task_status", body("FAILED", attacker, "forged", 1), f"worker-{attacker}",
+                     "discovery", 1))
+        # Then B's own report on the same socket, after it: once it is applied, the forged one was handled
+        # first. Had the forged FAILED been applied, this COMPLETED could not move the task any more.
+        p.send(_sign(b_keys, "task_status", body("COMPLETED", victim, "genuine", 0), f"worker-{victim}",
+                     "discovery", 1))
+        wait_for("B's own report to be applied", lambda: store.jobs.get(job_id)["tasks"]["t"]["state"] != "RUNNING", 30)
+        t = store.jobs.get(job_id)["tasks"]["t"]
+        assert t["state"] == "COMPLETED" and t["reason"] == "genuine" and t["exit_code"] == 0, t
+        assert "FAILED" not in t.get("state_times", {}), t
+        assert store.events.col.find_one({"job_id": job_id, "kind": "task_state", "reason": "forged"}) is None
+    finally:
+        p.close()

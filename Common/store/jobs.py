@@ -386,19 +386,21 @@ class JobStore:
 
     # ---- transitions (Discovery, FrontEnd) ----------------------------------------------------
     def transition_task(
-        self, job_id: str, task: str, attempt: int, state: TaskState, at: float | None = None, **fields: Any
+        self, job_id: str, task: str, attempt: int, state: TaskState, at: float | None = None,
+        node: str | None = None, **fields: Any
     ) -> bool:
-        """Move one task forward; False if it is already there or beyond, or the attempt is stale."""
+        """Move one task forward; False if it is already there or beyond, the attempt is stale, or (given
+        ``node``, the reporting node) the task is placed on another node."""
         now = at or time.time()
         update = {f"tasks.{task}.state": state.value, f"tasks.{task}.state_times.{state.value}": now}
         for key, value in fields.items():
             if value is not None:
                 update[f"tasks.{task}.{key}"] = value
-        res = self.col.update_one(
-            {"_id": job_id, f"tasks.{task}.attempt": attempt,
-             f"tasks.{task}.state": {"$in": task_states_before(state)}},
-            {"$set": update},
-        )
+        guard = {"_id": job_id, f"tasks.{task}.attempt": attempt,
+                 f"tasks.{task}.state": {"$in": task_states_before(state)}}
+        if node is not None:
+            guard[f"tasks.{task}.node"] = node
+        res = self.col.update_one(guard, {"$set": update})
         if res.modified_count == 1:
             self.events.record("task_state", job_id, task=task, attempt=attempt, state=state.value,
                                **{k: v for k, v in fields.items() if v is not None and k != "log_tail"})
@@ -408,10 +410,11 @@ class JobStore:
     def apply_reports(self, job_id: str, reports: list[dict[str, Any]]) -> dict[str, Any] | None:
         """Several task reports of one job in one conditional update (Discovery's batched path).
 
-        Each report moves its task forward only (within its attempt), exactly as ``transition_task``
-        would, and the job's state advances to what its tasks then imply, in the same write. The write is
-        guarded on every task's attempt and state as read, so it applies whole or not at all: None means
-        the job changed meanwhile (or is gone) and the caller applies the reports one by one instead.
+        Each report moves its task forward only (within its attempt, and only from the node the task is
+        placed on when the report names one), exactly as ``transition_task`` would, and the job's state
+        advances to what its tasks then imply, in the same write. The write is guarded on every task's
+        attempt and state as read, so it applies whole or not at all: None means the job changed
+        meanwhile (or is gone) and the caller applies the reports one by one instead.
         Returns {"doc": job as read, "moved": [(task, attempt, state, fields)], "job": (before, after)}.
         """
         doc = self.col.find_one({"_id": job_id})
@@ -425,6 +428,8 @@ class JobStore:
             state = TaskState(r["state"])
             if t is None or t["attempt"] != r["attempt"] or TASK_RANK[state] <= TASK_RANK[current[r["task"]]]:
                 continue
+            if r.get("node") is not None and t.get("node") != r["node"]:
+                continue  # a node speaks only about the tasks placed on it
             current[r["task"]] = state
             prefix = f"tasks.{r['task']}"
             update[f"{prefix}.state"] = state.value
