@@ -1,0 +1,95 @@
+"""Common.logs.Throttled, driven with real exceptions and real log records (a logging handler captures
+them); the clock is a counter the test advances, so no test waits for wall-clock time."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from pymongo.errors import ServerSelectionTimeoutError
+
+from Common.logs import Throttled
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def captured() -> tuple[logging.Logger, list[logging.LogRecord]]:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("test.throttled")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    handler = Keep()
+    logger.addHandler(handler)
+    yield logger, records
+    logger.removeHandler(handler)
+
+
+def mongo_down(n: int) -> ServerSelectionTimeoutError:
+    """Raise and catch the error pymongo raises when the server is away (its text changes from pass to pass)."""
+    try:
+        raise ServerSelectionTimeoutError(f"127.0.0.1:27117: [Errno 111] Connection refused, Timeout: {n}ms")
+    except ServerSelectionTimeoutError as exc:
+        return exc
+
+
+def test_a_repeated_failure_logs_its_traceback_once_then_one_counted_line_per_interval(captured) -> None:
+    logger, records = captured
+    clock = Clock()
+    t = Throttled(logger, interval=30.0, clock=clock)
+    for i in range(100):  # 100 failed passes, one every 0.5 s: 50 s of outage
+        t.failed(mongo_down(i), "sweep failed")
+        clock.t += 0.5
+    assert len(records) == 2, [r.getMessage() for r in records]
+    first, second = records
+    assert first.exc_info is not None and first.getMessage() == "sweep failed"
+    formatted = logging.Formatter().format(first)
+    assert "Traceback" in formatted and "ServerSelectionTimeoutError" in formatted
+    assert second.exc_info is None and "Traceback" not in logging.Formatter().format(second)
+    # The 61st failure is the first 30 s after the first line: it reports the 60 repeats since then.
+    assert "(60 times in the last 30s" in second.getMessage() and "ServerSelectionTimeoutError" in second.getMessage()
+
+
+def test_a_success_reports_the_count_and_the_next_failure_is_logged_in_full_again(captured) -> None:
+    logger, records = captured
+    clock = Clock()
+    t = Throttled(logger, interval=30.0, clock=clock)
+    for i in range(5):
+        t.failed(mongo_down(i), "reconcile failed")
+        clock.t += 1
+    t.ok()
+    messages = [r.getMessage() for r in records]
+    assert messages == ["reconcile failed", "reconcile failed: repeated 4 more times since the last line",
+                        "recovered after 5 failed passes"], messages
+    t.failed(mongo_down(9), "reconcile failed")
+    assert records[-1].exc_info is not None  # a new outage: its traceback again
+    t.ok()
+    t.ok()  # nothing failed since: silent
+    assert len(records) == 4
+
+
+def test_a_different_failure_is_logged_in_full_at_once(captured) -> None:
+    logger, records = captured
+    clock = Clock()
+    t = Throttled(logger, interval=30.0, clock=clock)
+    t.failed(mongo_down(1), "pass failed")
+    t.failed(mongo_down(2), "pass failed")
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        t.failed(exc, "pass failed")
+    messages = [(r.getMessage(), r.exc_info is not None) for r in records]
+    assert messages == [("pass failed", True), ("pass failed: repeated 1 more times since the last line", False),
+                        ("pass failed", True)], messages
+    assert records[-1].exc_info[0] is KeyError
