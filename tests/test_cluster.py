@@ -650,10 +650,12 @@ def test_250_epms_started_at_once_on_four_workers_mark_no_node_down_and_restart_
         jobs = [api.submit({**body, "job_name": f"epms-{i}"}) for i in range(EPM_JOBS)]
         submitted = time.monotonic() - t0
         load: list[float] = []
+        silence: list[float] = []  # how old a worker's last recorded heartbeat was, at each poll
 
         def progress() -> tuple[int, int] | None:
-            for w in store.workers.col.find({"_id": {"$in": names}}, {"state": 1}):
+            for w in store.workers.col.find({"_id": {"$in": names}}, {"state": 1, "heartbeat_at": 1}):
                 seen_states[w["_id"]].add(w["state"])
+                silence.append(time.time() - w.get("heartbeat_at", time.time()))
             load.append(os.getloadavg()[0])
             running = sum(t["state"] == "RUNNING" for d in store.jobs.col.find({"_id": {"$in": jobs}}, {"tasks": 1})
                           for t in d["tasks"].values())
@@ -665,7 +667,7 @@ def test_250_epms_started_at_once_on_four_workers_mark_no_node_down_and_restart_
         took = time.monotonic() - t0
         print(f"{EPM_JOBS * EPMS_PER_JOB} EPMs: submitted in {submitted:.1f}s, all RUNNING with their EVMs READY "
               f"{took:.1f}s after the first submission; 1-min load average during the run: min {min(load):.1f}, "
-              f"max {max(load):.1f}")
+              f"max {max(load):.1f}; oldest heartbeat seen {max(silence):.1f}s (timeout {HEARTBEAT_TIMEOUT}s)")
         assert store.events.query(kinds=["node_down"], since=since, limit=1000) == []
         assert store.events.query(kinds=["job_requeued"], since=since, limit=1000) == []
         assert seen_states == {n: {"READY"} for n in names}, seen_states
