@@ -79,17 +79,23 @@ def test_a_success_reports_the_count_and_the_next_failure_is_logged_in_full_agai
     assert len(records) == 4
 
 
-def test_a_different_failure_is_logged_in_full_at_once(captured) -> None:
+def test_a_different_failure_is_logged_in_full_at_once_and_alternating_failures_each_only_once(captured) -> None:
     logger, records = captured
     clock = Clock()
     t = Throttled(logger, interval=30.0, clock=clock)
-    t.failed(mongo_down(1), "pass failed")
-    t.failed(mongo_down(2), "pass failed")
-    try:
-        {}["missing"]
-    except KeyError as exc:
+
+    def key_error() -> KeyError:
+        try:
+            {}["missing"]
+        except KeyError as exc:
+            return exc
+        raise AssertionError("unreachable")
+
+    for exc in (mongo_down(1), mongo_down(2), key_error(), mongo_down(3), key_error()):
         t.failed(exc, "pass failed")
-    messages = [(r.getMessage(), r.exc_info is not None) for r in records]
-    assert messages == [("pass failed", True), ("pass failed: repeated 1 more times since the last line", False),
-                        ("pass failed", True)], messages
-    assert records[-1].exc_info[0] is KeyError
+    full = [(r.getMessage(), r.exc_info[0] if r.exc_info else None) for r in records]
+    assert full == [("pass failed", ServerSelectionTimeoutError), ("pass failed", KeyError)], full
+    t.ok()
+    assert [r.getMessage() for r in records[2:]] == ["pass failed: repeated 2 more times since the last line",
+                                                     "pass failed: repeated 1 more times since the last line",
+                                                     "recovered after 5 failed passes"]
