@@ -5,7 +5,7 @@ traceback on every pass of every actor): the first failure is logged with its tr
 failure then give one short line with their count per ``interval`` seconds, and the first success after
 failures says how many there were. The standard library's logging has no such filter, and the packages that
 offer one (e.g. for Sentry) key on the message text, which for a MongoDB error carries changing addresses
-and timings; here a failure is "the same" when its message template and exception type are.
+and timings; here a failure is "the same" when its message template and its exception's family are.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ def setup(actor: str) -> logging.Logger:
 class Throttled:
     """One loop's failures, logged at most once per ``interval`` seconds per kind of failure.
 
-    A kind is the message template and the exception's type (not its text, nor where inside a driver it was
-    raised: pymongo raises the same timeout from several places). Call ``failed(exc, msg, *args)`` from the
-    loop's ``except`` and ``ok()`` after a pass that succeeded.
+    A kind is the message template and the exception's family (``_kind``), not its text: MongoDB going away
+    raises several pymongo errors in turn, with changing addresses and timings in them. Call
+    ``failed(exc, msg, *args)`` from the loop's ``except`` and ``ok()`` after a pass that succeeded.
     """
 
     def __init__(self, logger: logging.Logger, interval: float = 30.0, level: int = logging.ERROR,
@@ -42,7 +42,7 @@ class Throttled:
         self.total = 0  # failures since the last success
 
     def failed(self, exc: BaseException, msg: str, *args: object) -> None:
-        key = (msg, f"{type(exc).__module__}.{type(exc).__qualname__}")
+        key = (msg, _kind(exc))
         now = self.clock()
         self.total += 1
         seen = self.kinds.get(key)
@@ -66,6 +66,20 @@ class Throttled:
             self.log.info("recovered after %d failed passes", self.total)
         self.kinds.clear()
         self.total = 0
+
+
+def _kind(exc: BaseException) -> str:
+    """A library's exceptions are one kind: its root exception class (pymongo's PyMongoError, docker's
+    DockerException, requests' RequestException); built-in exceptions are each their own kind."""
+    cls = type(exc)
+    package = cls.__module__.split(".")[0]
+    if package == "builtins":
+        return cls.__qualname__
+    root = cls
+    for base in cls.__mro__:
+        if base.__module__.split(".")[0] == package:
+            root = base
+    return f"{root.__module__}.{root.__qualname__}"
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:

@@ -99,3 +99,21 @@ def test_a_different_failure_is_logged_in_full_at_once_and_alternating_failures_
     assert [r.getMessage() for r in records[2:]] == ["pass failed: repeated 2 more times since the last line",
                                                      "pass failed: repeated 1 more times since the last line",
                                                      "recovered after 5 failed passes"]
+
+
+def test_the_errors_of_one_database_outage_are_one_kind_whatever_pymongo_class_and_text(captured) -> None:
+    """MongoDB frozen: pymongo raises _OperationCancelled on the connection in use, then
+    ServerSelectionTimeoutError (seen in a Worker's log): one traceback, not one per class."""
+    from pymongo.errors import AutoReconnect, _OperationCancelled
+
+    logger, records = captured
+    t = Throttled(logger, interval=30.0, clock=Clock())
+    for exc_type in (_OperationCancelled, ServerSelectionTimeoutError, AutoReconnect, ServerSelectionTimeoutError):
+        try:
+            raise exc_type(f"{exc_type.__name__}: 127.0.0.1:27117 timed out")
+        except exc_type as exc:
+            t.failed(exc, "reconcile failed")
+    assert len(records) == 1 and records[0].exc_info[0] is _OperationCancelled
+    t.ok()
+    assert [r.getMessage() for r in records[1:]] == ["reconcile failed: repeated 3 more times since the last line",
+                                                     "recovered after 4 failed passes"]
