@@ -660,16 +660,23 @@ def _positive_int(text: str) -> int:
     return n
 
 
-def forget_workers(cfg: Config, names: list[str]) -> None:
+def forget_workers(cfg: Config, names: list[str], end_jobs: bool = False) -> None:
     """Hosts taken away for good leave no DOWN ghosts behind: their records go (at once, or once Discovery
-    has moved their work away). Skipped quietly when the database is not up."""
+    has moved their work away). ``end_jobs`` (`cluster down`: their containers go too): the unfinished jobs
+    with tasks there end first, with a reason, and give their claims back. Skipped quietly when the database
+    is not up."""
     from pymongo.errors import PyMongoError
 
+    from Common.ops import cluster
     from Common.store import Store
 
     try:
         store = Store.connect(cfg, "management")
         try:
+            if end_jobs:
+                ended = cluster.end_jobs_on(store, names)
+                if ended:
+                    print(f"ended {len(ended)} unfinished job(s) whose containers go with the cluster", flush=True)
             for name in names:
                 store.workers.forget(name)
         finally:
@@ -716,7 +723,7 @@ def cluster_command(cfg: Config, args: argparse.Namespace) -> int:
             spec = cluster.load_spec(cfg)
             if spec is not None:
                 cluster.apply_cluster_mode(cfg)
-                forget_workers(cfg, [h.name for h in spec.workers])
+                forget_workers(cfg, [h.name for h in spec.workers], end_jobs=True)
                 down(cfg)
             cluster.cluster_down(cfg)
         else:

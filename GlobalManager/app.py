@@ -25,6 +25,7 @@ from Common.api import (
 from Common.config import Config
 from Common.errors import Conflict, NotFound, Unavailable
 from Common.keys import Keyring
+from Common.logs import Throttled
 from Common.messaging import Sender
 from Common.metrics import instrument_flask
 from Common.states import JOB_TERMINAL, TASK_TERMINAL, JobState, TaskState
@@ -256,19 +257,24 @@ def sweep_networks(c: GMContext) -> None:
 
 def _sweeper(c: GMContext, stop: threading.Event) -> None:
     last_retention = 0.0
+    nets, kept = Throttled(log), Throttled(log)  # MongoDB away: one line per 30 s, not a traceback per pass
     while not stop.wait(c.cfg.globalmanager.sweep_seconds):
         try:
             sweep_networks(c)
-        except Exception:
-            log.exception("network sweep failed")
+        except Exception as exc:
+            nets.failed(exc, "network sweep failed")
+        else:
+            nets.ok()
         if time.monotonic() - last_retention >= c.cfg.storage.sweep_seconds:  # checkpoints, old jobs, EVM records
             last_retention = time.monotonic()
             try:
                 deleted = retention.sweep(c.store, c.cfg.storage)
                 if any(deleted.values()):
                     log.info("retention sweep deleted %s", {k: v for k, v in deleted.items() if v})
-            except Exception:
-                log.exception("retention sweep failed")
+            except Exception as exc:
+                kept.failed(exc, "retention sweep failed")
+            else:
+                kept.ok()
 
 
 def create_app(cfg: Config, start_sweeper: bool = True) -> Flask:

@@ -20,6 +20,7 @@ from typing import Any
 from pymongo.errors import PyMongoError
 
 from Common.config import Config
+from Common.logs import Throttled
 from Common.messaging import Receiver
 from Common.metrics import JOB_WAIT_SECONDS, PLACEMENT_DECISIONS, PLACEMENT_SECONDS, SCHEDULE_SECONDS
 from Common.placement import STRATEGIES, Preemption, SchedulerOptions, place, stored_options
@@ -59,6 +60,8 @@ class JobManager:
         # instead of waiting for the slow sweep.
         self.retry_at = float("inf")
         self.backoff = MIN_BACKOFF_SECONDS
+        # MongoDB away: one line per 30 s per loop, not a traceback per pass
+        self.schedule_failures, self.sweep_failures = Throttled(log, level=logging.WARNING), Throttled(log)
         self.subnets = SubnetGate(cfg.globalmanager.network_pool, cfg.globalmanager.network_prefix)
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -98,13 +101,16 @@ class JobManager:
             self.schedule()
         except Exception as exc:
             if isinstance(exc, PyMongoError):
-                log.warning("MongoDB unavailable during a placement pass (%s); retrying in %.1fs", exc, self.backoff)
+                self.schedule_failures.failed(exc, "MongoDB unavailable during a placement pass; retrying with "
+                                              "backoff (now %.1fs)", self.backoff)
             else:
-                log.exception("placement pass failed; retrying in %.1fs", self.backoff)
+                self.schedule_failures.failed(exc, "placement pass failed; retrying with backoff (now %.1fs)",
+                                              self.backoff)
             self.retry_at = min(self.retry_at, time.time() + self.backoff)
             self.backoff = min(self.backoff * 2, MAX_BACKOFF_SECONDS)
         else:
             self.backoff = MIN_BACKOFF_SECONDS
+            self.schedule_failures.ok()
 
     def _retry_monotonic(self) -> float:
         return time.monotonic() + (self.retry_at - time.time()) if self.retry_at != float("inf") else float("inf")
@@ -317,8 +323,10 @@ class JobManager:
         try:
             self.release_leaks()
             self.resend()
-        except Exception:
-            log.exception("sweep failed; will retry at the next one")
+        except Exception as exc:
+            self.sweep_failures.failed(exc, "sweep failed; will retry at the next one")
+        else:
+            self.sweep_failures.ok()
 
     def release_leaks(self) -> int:
         """Release every allocation no live task or in-flight placement owns. Returns how many."""

@@ -32,6 +32,7 @@ from typing import Any
 import docker
 
 from Common.config import Config
+from Common.logs import Throttled
 from Common.messaging import Sender
 from Common.store import Store
 from Common.store.jobs import container_name
@@ -141,13 +142,16 @@ class EvmSync:
             tr.digest = digest
 
     def _syncer(self) -> None:
+        failures = Throttled(log)  # every 0.5 s: MongoDB away must not write a traceback per pass
         while not self.stopping.is_set():
             self.kick.wait(self.cfg.worker.evm_poll_seconds)
             self.kick.clear()
             try:
                 self.sync_once()
-            except Exception:
-                log.exception("EVM sync pass failed; retrying")
+            except Exception as exc:
+                failures.failed(exc, "EVM sync pass failed; retrying")
+            else:
+                failures.ok()
 
     def sync_once(self) -> None:
         with self.lock:

@@ -21,6 +21,7 @@ import docker
 import requests
 
 from Common.config import Config
+from Common.logs import Throttled
 from Common.messaging import Receiver, Sender
 from Common.metrics import CONTAINER_EXITS, CONTAINER_START_SECONDS, CONTAINER_STARTS, RECONCILE_SECONDS
 from Common.resources import parse_cpuset, parse_memory
@@ -163,6 +164,7 @@ class Worker:
         for t in threads:
             t.start()
         self.evms.start()
+        failures, engine_failures = Throttled(log), Throttled(log, level=logging.WARNING)
         while not self.stopping.is_set():
             self.wake.clear()
             try:
@@ -176,9 +178,12 @@ class Worker:
                         break
                 self.reconcile()
             except (docker.errors.DockerException, requests.RequestException) as exc:
-                log.warning("engine unavailable during reconcile: %s", exc)
-            except Exception:
-                log.exception("reconcile failed; retrying at the next pass")
+                engine_failures.failed(exc, "engine unavailable during reconcile; retrying at the next pass")
+            except Exception as exc:  # MongoDB away, or a bug: one line per 30 s, not a traceback per pass
+                failures.failed(exc, "reconcile failed; retrying at the next pass")
+            else:
+                failures.ok()
+                engine_failures.ok()
             self.wake.wait(self.cfg.worker.sweep_seconds)
 
     def wake_at(self, when: float) -> None:

@@ -123,6 +123,33 @@ def _healthy(spec: emulated.ClusterSpec) -> bool:
     return all(Path(f"/run/netns/{h.netns}").exists() and emulated.docker_answers(h) for h in spec.hosts)
 
 
+def end_jobs_on(store: Any, names: list[str]) -> list[str]:
+    """`cluster down` takes these nodes, and every container on them, away for good: each unfinished job with
+    a task there ends now, with a reason, and gives its claims back (before, a job whose containers were gone
+    held its cores in the next cluster built under the same names, or was restarted or failed there
+    depending on who looked first: issue 11). Its tasks there are recorded LOST; the job ends FAILED, or
+    CANCELLED when a user had asked for that. Returns the ids of the jobs ended."""
+    from Common.states import TASK_TERMINAL
+    from Common.store.workers import alloc_key
+
+    ended: list[str] = []
+    for name in names:
+        reason = f"node {name} was taken away (cluster down) with its containers"
+        for job in store.jobs.active_on(name):
+            job_id = job["_id"]
+            if not job.get("cancel_requested"):
+                store.jobs.request_cancel(job_id, reason)  # its tasks on other nodes are stopped too
+            store.jobs.lose_tasks_on(job_id, name, reason)
+            doc = store.jobs.get(job_id) or {"tasks": {}}
+            for task, t in doc["tasks"].items():
+                if t.get("node") == name and t["state"] in {s.value for s in TASK_TERMINAL} and t.get("claim_token"):
+                    store.workers.release(name, alloc_key(job_id, task), t["claim_token"])
+            store.jobs.cancel_unplaced(job_id, reason)
+            store.jobs.refresh_state(job_id)
+            ended.append(job_id)
+    return ended
+
+
 def cluster_down(cfg: Config, say=print) -> None:
     spec = load_spec(cfg)
     tag = spec.tag if spec else None
