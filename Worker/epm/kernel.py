@@ -211,8 +211,13 @@ class Kernel:
                 master = self._shared_bridge()
             # The pair is made from inside the EVM: eth0 there (index 2 in a fresh namespace, its MAC, up),
             # its peer straight into the EPM's namespace.
+            # One queue each way on both ends: with the kernel's default (a queue per possible CPU) the pair
+            # is shrunk to its peer's one real queue after registration, one RCU grace period per EVM
+            # (synchronize_net in netif_set_real_num_tx_queues, sampled in /proc/PID/stack).
             nsipr.link("add", ifname=names.EVM_IFNAME, index=EVM_IFINDEX, kind="veth", address=mac, state="up",
-                       peer={"ifname": names.veth_name(seq), "net_ns_fd": self.home})
+                       num_tx_queues=1, num_rx_queues=1,
+                       peer={"ifname": names.veth_name(seq), "net_ns_fd": self.home,
+                             "num_tx_queues": 1, "num_rx_queues": 1})
             nsipr.link("set", index=1, state="up")
             nsipr.addr("add", index=EVM_IFINDEX, address=ip, prefixlen=prefix)
             nsipr.route("add", dst="0.0.0.0/0", gateway=gateway)
