@@ -113,6 +113,18 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
 
 
+def by_tenth(done: list[float], start: float) -> list[float]:
+    """Creation rate over each tenth of the run's EVMs (in completion order): flat if nothing slows down."""
+    out, prev_t, prev_i = [], start, 0
+    for k in range(1, 11):
+        i = len(done) * k // 10
+        if i > prev_i:
+            t = done[i - 1]
+            out.append(round((i - prev_i) / max(t - prev_t, 1e-9), 1))
+            prev_t, prev_i = t, i
+    return out
+
+
 def say(msg: str) -> None:
     print(msg, flush=True)
 
@@ -132,6 +144,21 @@ def baseline(n: int) -> dict[str, Any]:
     return res
 
 
+def wait_all(epms: list[EpmContainer], plans: list[list[tuple[int, str, str]]], state: str, timeout: float) -> None:
+    """Until every EVM of every EPM is reported in ``state``, draining every EPM's socket all along, as the
+    Worker does. (Waiting on one EPM at a time left the others' reports queued: an agent whose socket is
+    full waits up to 0.5 s per report datagram, so the benchmark slowed the agents down.)"""
+    deadline = time.monotonic() + timeout
+    pending = [{s for s, _, _ in plan} for plan in plans]
+    while any(pending):
+        for e, left in zip(epms, pending, strict=True):
+            e.pump()
+            left -= {s for s in left if e.recorded.get(s) == state}
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {sum(map(len, pending))} EVMs to be {state}")
+        time.sleep(0.05)
+
+
 def run_epms(devices: str, counts: list[int], cpusets: list[str | None], mem: str, subnet_base: int = 100,
              check: bool = False, timeout: float = 1800.0) -> dict[str, Any]:
     """Create counts[i] EVMs in EPM i at once; then delete them all. Rates are node-wide."""
@@ -141,14 +168,14 @@ def run_epms(devices: str, counts: list[int], cpusets: list[str | None], mem: st
         for e in epms:
             e.wait("the agent", lambda e=e: e.agent_pid() is not None and e.status() is not None, 60)
         k0 = kernel_bytes()
+        a0 = meminfo()["MemAvailable"]
         m0 = [e.memory_usage() for e in epms]
         km0 = [kmem(e) for e in epms]
         plans = [addresses(n, f"10.{subnet_base + i}.0.0/16") for i, n in enumerate(counts)]
         t0 = time.time()
         for e, plan in zip(epms, plans, strict=True):
             e.want(plan)
-        for e, plan in zip(epms, plans, strict=True):
-            e.wait_states([s for s, _, _ in plan], "READY", timeout)
+        wait_all(epms, plans, "READY", timeout)
         t1 = time.time()
         items = [i for e in epms for i in e.items() if i[1] == "READY" and i[3] is not None]
         errors = [i for e in epms for i in e.items() if i[1] == "ERROR"]
@@ -157,6 +184,7 @@ def run_epms(devices: str, counts: list[int], cpusets: list[str | None], mem: st
         total = sum(counts)
         time.sleep(1.0)
         k1 = kernel_bytes()
+        a1 = meminfo()["MemAvailable"]
         m1 = [e.memory_usage() for e in epms]
         km1 = [kmem(e) for e in epms]
         verified = None
@@ -176,6 +204,8 @@ def run_epms(devices: str, counts: list[int], cpusets: list[str | None], mem: st
             "cgroup_kib_per_evm": (sum(m1) - sum(m0)) / total / 1024,
             "cgroup_kmem_kib_per_evm": (sum(km1) - sum(km0)) / total / 1024,
             "host_kernel_kib_per_evm": (k1 - k0) / total / 1024,
+            "memavailable_kib_per_evm": (a0 - a1) / total / 1024,
+            "create_per_s_by_tenth": by_tenth(sorted(i[2]["READY"] for i in items), first),
             "epm_base_mib": statistics.median(m0) / 1024**2,
             "verified_in_kernel": verified,
         }
@@ -183,8 +213,7 @@ def run_epms(devices: str, counts: list[int], cpusets: list[str | None], mem: st
         t2 = time.time()
         for e, plan in zip(epms, plans, strict=True):
             e.remove([s for s, _, _ in plan])
-        for e, plan in zip(epms, plans, strict=True):
-            e.wait_states([s for s, _, _ in plan], "DELETED", timeout)
+        wait_all(epms, plans, "DELETED", timeout)
         t3 = time.time()
         deleted_at = max(i[2]["DELETED"] for e in epms for i in e.items() if i[1] == "DELETED")
         res["delete_per_s"] = total / (deleted_at - t2)
@@ -208,7 +237,10 @@ def show(label: str, r: dict[str, Any], base: dict[str, Any] | None) -> None:
         f"p90 {r['create_ms_p90']:.1f}, p99 {r['create_ms_p99']:.1f}); delete {r['delete_per_s']:.0f}/s{dratio}; "
         f"errors {r['errors']}, leaks {r['leaks_in_epms']}")
     say(f"    memory per EVM: cgroup {r['cgroup_kib_per_evm']:.0f} KiB (kmem {r['cgroup_kmem_kib_per_evm']:.0f}), "
-        f"host kernel {r['host_kernel_kib_per_evm']:.0f} KiB; idle EPM {r['epm_base_mib']:.1f} MiB")
+        f"host kernel {r['host_kernel_kib_per_evm']:.0f} KiB, "
+        f"MemAvailable drop {r['memavailable_kib_per_evm']:.0f} KiB; "
+        f"idle EPM {r['epm_base_mib']:.1f} MiB")
+    say(f"    created/s over each tenth of the run: {r['create_per_s_by_tenth']}")
 
 
 def main() -> int:
