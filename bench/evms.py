@@ -113,6 +113,15 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (the agents'; an agent restarted meanwhile is not counted)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def by_tenth(done: list[float], start: float) -> list[float]:
     """Creation rate over each tenth of the run's EVMs (in completion order): flat if nothing slows down."""
     out, prev_t, prev_i = [], start, 0
@@ -172,11 +181,14 @@ def run_epms(devices: str, counts: list[int], cpusets: list[str | None], mem: st
         m0 = [e.memory_usage() for e in epms]
         km0 = [kmem(e) for e in epms]
         plans = [addresses(n, f"10.{subnet_base + i}.0.0/16") for i, n in enumerate(counts)]
+        pids = [e.agent_pid() for e in epms]
+        cpu0 = sum(cpu_seconds(p) for p in pids)
         t0 = time.time()
         for e, plan in zip(epms, plans, strict=True):
             e.want(plan)
         wait_all(epms, plans, "READY", timeout)
         t1 = time.time()
+        cpu1 = sum(cpu_seconds(p) for p in pids)
         items = [i for e in epms for i in e.items() if i[1] == "READY" and i[3] is not None]
         errors = [i for e in epms for i in e.items() if i[1] == "ERROR"]
         first = min(i[2]["READY"] - i[3] / 1000 for i in items)  # the first creation's start
@@ -205,6 +217,7 @@ def run_epms(devices: str, counts: list[int], cpusets: list[str | None], mem: st
             "cgroup_kmem_kib_per_evm": (sum(km1) - sum(km0)) / total / 1024,
             "host_kernel_kib_per_evm": (k1 - k0) / total / 1024,
             "memavailable_kib_per_evm": (a0 - a1) / total / 1024,
+            "agent_cpu_ms_per_evm": (cpu1 - cpu0) * 1000 / sum(counts),
             "create_per_s_by_tenth": by_tenth(sorted(i[2]["READY"] for i in items), first),
             "epm_base_mib": statistics.median(m0) / 1024**2,
             "verified_in_kernel": verified,
@@ -240,7 +253,8 @@ def show(label: str, r: dict[str, Any], base: dict[str, Any] | None) -> None:
         f"host kernel {r['host_kernel_kib_per_evm']:.0f} KiB, "
         f"MemAvailable drop {r['memavailable_kib_per_evm']:.0f} KiB; "
         f"idle EPM {r['epm_base_mib']:.1f} MiB")
-    say(f"    created/s over each tenth of the run: {r['create_per_s_by_tenth']}")
+    say(f"    created/s over each tenth of the run: {r['create_per_s_by_tenth']}; "
+        f"agents' CPU {r['agent_cpu_ms_per_evm']:.2f} ms per EVM")
 
 
 def main() -> int:
