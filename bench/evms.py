@@ -222,6 +222,8 @@ def run_epms(devices: str, counts: list[int], cpusets: list[str | None], mem: st
             "epm_base_mib": statistics.median(m0) / 1024**2,
             "verified_in_kernel": verified,
         }
+        say(f"    created {total} EVMs at {res['create_per_s']:.1f}/s (errors {len(errors)}, by tenth "
+            f"{res['create_per_s_by_tenth']}, agents' CPU {res['agent_cpu_ms_per_evm']:.2f} ms per EVM); deleting")
         # delete (drain: what the Worker does before removing an EPM; in batches, RTNL released between)
         t2 = time.time()
         for e, plan in zip(epms, plans, strict=True):
