@@ -23,8 +23,10 @@ and the kernel, not MongoDB or the REST path.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -240,6 +242,10 @@ def run_epms(devices: str, counts: list[int], cpusets: list[str | None], mem: st
         res["leaks_in_epms"] = leaks
         return res
     finally:
+        for e in epms:  # every EPM stops creating at once; each is then drained before it is removed
+            with contextlib.suppress(Exception):
+                e.drain = True
+                e.write()
         for e in epms:
             e.close()
 
@@ -268,6 +274,14 @@ def main() -> int:
     ap.add_argument("--scale-count", type=int, default=20000)
     ap.add_argument("--out", default="", help="write the results as JSON here")
     args = ap.parse_args()
+    # Interrupted (even when started in the background, where SIGINT is ignored), the EPMs are drained and
+    # removed by the `finally`s: removing EPMs that hold thousands of bridges outright holds the node's
+    # RTNL lock for minutes.
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     sections = set(args.sections.split(","))
     ncpu = os.cpu_count() or 1
     remove_leftovers()
