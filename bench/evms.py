@@ -23,8 +23,10 @@ and the kernel, not MongoDB or the REST path.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -113,6 +115,27 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (the agents'; an agent restarted meanwhile is not counted)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def by_tenth(done: list[float], start: float) -> list[float]:
+    """Creation rate over each tenth of the run's EVMs (in completion order): flat if nothing slows down."""
+    out, prev_t, prev_i = [], start, 0
+    for k in range(1, 11):
+        i = len(done) * k // 10
+        if i > prev_i:
+            t = done[i - 1]
+            out.append(round((i - prev_i) / max(t - prev_t, 1e-9), 1))
+            prev_t, prev_i = t, i
+    return out
+
+
 def say(msg: str) -> None:
     print(msg, flush=True)
 
@@ -132,6 +155,21 @@ def baseline(n: int) -> dict[str, Any]:
     return res
 
 
+def wait_all(epms: list[EpmContainer], plans: list[list[tuple[int, str, str]]], state: str, timeout: float) -> None:
+    """Until every EVM of every EPM is reported in ``state``, draining every EPM's socket all along, as the
+    Worker does. (Waiting on one EPM at a time left the others' reports queued: an agent whose socket is
+    full waits up to 0.5 s per report datagram, so the benchmark slowed the agents down.)"""
+    deadline = time.monotonic() + timeout
+    pending = [{s for s, _, _ in plan} for plan in plans]
+    while any(pending):
+        for e, left in zip(epms, pending, strict=True):
+            e.pump()
+            left -= {s for s in left if e.recorded.get(s) == state}
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {sum(map(len, pending))} EVMs to be {state}")
+        time.sleep(0.05)
+
+
 def run_epms(devices: str, counts: list[int], cpusets: list[str | None], mem: str, subnet_base: int = 100,
              check: bool = False, timeout: float = 1800.0) -> dict[str, Any]:
     """Create counts[i] EVMs in EPM i at once; then delete them all. Rates are node-wide."""
@@ -141,15 +179,18 @@ def run_epms(devices: str, counts: list[int], cpusets: list[str | None], mem: st
         for e in epms:
             e.wait("the agent", lambda e=e: e.agent_pid() is not None and e.status() is not None, 60)
         k0 = kernel_bytes()
+        a0 = meminfo()["MemAvailable"]
         m0 = [e.memory_usage() for e in epms]
         km0 = [kmem(e) for e in epms]
         plans = [addresses(n, f"10.{subnet_base + i}.0.0/16") for i, n in enumerate(counts)]
+        pids = [e.agent_pid() for e in epms]
+        cpu0 = sum(cpu_seconds(p) for p in pids)
         t0 = time.time()
         for e, plan in zip(epms, plans, strict=True):
             e.want(plan)
-        for e, plan in zip(epms, plans, strict=True):
-            e.wait_states([s for s, _, _ in plan], "READY", timeout)
+        wait_all(epms, plans, "READY", timeout)
         t1 = time.time()
+        cpu1 = sum(cpu_seconds(p) for p in pids)
         items = [i for e in epms for i in e.items() if i[1] == "READY" and i[3] is not None]
         errors = [i for e in epms for i in e.items() if i[1] == "ERROR"]
         first = min(i[2]["READY"] - i[3] / 1000 for i in items)  # the first creation's start
@@ -157,6 +198,7 @@ def run_epms(devices: str, counts: list[int], cpusets: list[str | None], mem: st
         total = sum(counts)
         time.sleep(1.0)
         k1 = kernel_bytes()
+        a1 = meminfo()["MemAvailable"]
         m1 = [e.memory_usage() for e in epms]
         km1 = [kmem(e) for e in epms]
         verified = None
@@ -176,15 +218,19 @@ def run_epms(devices: str, counts: list[int], cpusets: list[str | None], mem: st
             "cgroup_kib_per_evm": (sum(m1) - sum(m0)) / total / 1024,
             "cgroup_kmem_kib_per_evm": (sum(km1) - sum(km0)) / total / 1024,
             "host_kernel_kib_per_evm": (k1 - k0) / total / 1024,
+            "memavailable_kib_per_evm": (a0 - a1) / total / 1024,
+            "agent_cpu_ms_per_evm": (cpu1 - cpu0) * 1000 / sum(counts),
+            "create_per_s_by_tenth": by_tenth(sorted(i[2]["READY"] for i in items), first),
             "epm_base_mib": statistics.median(m0) / 1024**2,
             "verified_in_kernel": verified,
         }
+        say(f"    created {total} EVMs at {res['create_per_s']:.1f}/s (errors {len(errors)}, by tenth "
+            f"{res['create_per_s_by_tenth']}, agents' CPU {res['agent_cpu_ms_per_evm']:.2f} ms per EVM); deleting")
         # delete (drain: what the Worker does before removing an EPM; in batches, RTNL released between)
         t2 = time.time()
         for e, plan in zip(epms, plans, strict=True):
             e.remove([s for s, _, _ in plan])
-        for e, plan in zip(epms, plans, strict=True):
-            e.wait_states([s for s, _, _ in plan], "DELETED", timeout)
+        wait_all(epms, plans, "DELETED", timeout)
         t3 = time.time()
         deleted_at = max(i[2]["DELETED"] for e in epms for i in e.items() if i[1] == "DELETED")
         res["delete_per_s"] = total / (deleted_at - t2)
@@ -196,6 +242,10 @@ def run_epms(devices: str, counts: list[int], cpusets: list[str | None], mem: st
         res["leaks_in_epms"] = leaks
         return res
     finally:
+        for e in epms:  # every EPM stops creating at once; each is then drained before it is removed
+            with contextlib.suppress(Exception):
+                e.drain = True
+                e.write()
         for e in epms:
             e.close()
 
@@ -208,7 +258,11 @@ def show(label: str, r: dict[str, Any], base: dict[str, Any] | None) -> None:
         f"p90 {r['create_ms_p90']:.1f}, p99 {r['create_ms_p99']:.1f}); delete {r['delete_per_s']:.0f}/s{dratio}; "
         f"errors {r['errors']}, leaks {r['leaks_in_epms']}")
     say(f"    memory per EVM: cgroup {r['cgroup_kib_per_evm']:.0f} KiB (kmem {r['cgroup_kmem_kib_per_evm']:.0f}), "
-        f"host kernel {r['host_kernel_kib_per_evm']:.0f} KiB; idle EPM {r['epm_base_mib']:.1f} MiB")
+        f"host kernel {r['host_kernel_kib_per_evm']:.0f} KiB, "
+        f"MemAvailable drop {r['memavailable_kib_per_evm']:.0f} KiB; "
+        f"idle EPM {r['epm_base_mib']:.1f} MiB")
+    say(f"    created/s over each tenth of the run: {r['create_per_s_by_tenth']}; "
+        f"agents' CPU {r['agent_cpu_ms_per_evm']:.2f} ms per EVM")
 
 
 def main() -> int:
@@ -220,6 +274,14 @@ def main() -> int:
     ap.add_argument("--scale-count", type=int, default=20000)
     ap.add_argument("--out", default="", help="write the results as JSON here")
     args = ap.parse_args()
+    # Interrupted (even when started in the background, where SIGINT is ignored), the EPMs are drained and
+    # removed by the `finally`s: removing EPMs that hold thousands of bridges outright holds the node's
+    # RTNL lock for minutes.
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     sections = set(args.sections.split(","))
     ncpu = os.cpu_count() or 1
     remove_leftovers()

@@ -92,6 +92,27 @@ def test_evms_are_complete_namespaces_with_unique_addresses(devices: str) -> Non
             assert "rswbr0" in links and not any(n.startswith(("rswt", "rswb")) and n != "rswbr0" for n in links)
 
 
+IGMP = r"""
+import json, os
+snoop = {n: open(f'/sys/class/net/{n}/bridge/multicast_snooping').read().strip()
+         for n in os.listdir('/sys/class/net') if n.startswith('rswb')}
+groups = sorted({line.split()[0] for line in open('/proc/net/igmp') if line.startswith('\t')})
+print(json.dumps({'snooping': snoop, 'groups': groups}))
+"""
+
+
+def test_full_set_bridges_do_not_snoop_so_the_epm_joins_no_multicast_group_per_evm() -> None:
+    # A snooping bridge joins 224.0.0.106, and every IGMPv3 report for it walked all of the EPM's
+    # devices: creation slowed down as the EVM count grew (BENCHMARKS.md, EVMs at scale).
+    with EpmContainer(devices="full", subnet="10.78.1.0/24") as e:
+        evms = addresses(5, "10.78.1.0/24")
+        e.want(evms)
+        e.wait_states([s for s, _, _ in evms], "READY")
+        seen = json.loads(e.exec("python3", "-c", IGMP))
+        assert seen["snooping"] == {f"rswb{s}": "0" for s, _, _ in evms}
+        assert seen["groups"] == ["010000E0"]  # only all-hosts (224.0.0.1), which is never reported
+
+
 def test_two_evms_of_one_epm_ping_each_other_and_a_deleted_one_stops_answering() -> None:
     with EpmContainer(devices="lean", subnet="10.79.0.0/24") as e:
         evms = addresses(3, "10.79.0.0/24")

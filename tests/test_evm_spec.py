@@ -311,6 +311,9 @@ def test_desired_file_parsing_refuses_garbage() -> None:
     assert d.deleting() == {4}
     for key, value in (("format", 2), ("devices", "x"), ("prefix", 40), ("gateway", "nope"),
                        ("evms", [[1, "10.0.0.2", "bad-mac", "b0", "PENDING", False]]),
+                       ("evms", [[1, "10.0.2", "02:00:0a:00:00:02", "b0", "PENDING", False]]),
+                       ("evms", [[1, "10.0.0.256", "02:00:0a:00:00:02", "b0", "PENDING", False]]),
+                       ("evms", [[1, 167772162, "02:00:0a:00:00:02", "b0", "PENDING", False]]),
                        ("evms", [[0, "10.0.0.2", "02:00:0a:00:00:02", "b0", "PENDING", False]]),
                        ("evms", [[names.MAX_SEQ + 1, "10.0.0.2", "02:00:0a:00:00:02", "b0", "PENDING", False]])):
         with pytest.raises(ValueError):

@@ -56,6 +56,8 @@ class Agent:
         self.next_due = -math.inf
         self.queued = 0
         self.last_status = 0.0
+        self.last_resend = -math.inf
+        self.resent_for: tuple[int, int, int] | None = None
         self.stopping = threading.Event()
         self.wake = self._bind_wake()
 
@@ -140,8 +142,11 @@ class Agent:
         if self.stopping.is_set():
             return
         self._create(d, keep)
-        self._resend(d)
         now = time.monotonic()
+        # _resend walks every EVM held: on each new desired file (what shows MongoDB lagging), else once a second
+        if self.stamp != self.resent_for or now - self.last_resend >= STATUS_SECONDS:
+            self.last_resend, self.resent_for = now, self.stamp
+            self._resend(d)
         if now - self.last_status >= STATUS_SECONDS:
             self.last_status = now
             assert self.reporter is not None

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,16 +49,23 @@ class Desired:
     rates: dict[str, dict[str, Any]] = field(default_factory=dict)
     evms: dict[int, Want] = field(default_factory=dict)
 
+    # keep() and deleting() are asked on every pass of the agent and the file only changes when it is
+    # loaded again: computed once per load (sorting 15,000 EVMs four times a second was O(n) per pass).
+    _keep: dict[int, Want] | None = field(default=None, init=False, repr=False, compare=False)
+    _deleting: set[int] | None = field(default=None, init=False, repr=False, compare=False)
+
     def keep(self) -> dict[int, Want]:
         """The EVMs this EPM should hold, in creation order (batch by batch, then by number)."""
-        if self.drain:
-            return {}
-        wanted = [w for w in self.evms.values() if not w.delete and w.recorded != "ERROR"]
-        wanted.sort(key=lambda w: (int(w.batch[1:]) if w.batch[1:].isdigit() else 0, w.seq))
-        return {w.seq: w for w in wanted}
+        if self._keep is None:
+            wanted = [] if self.drain else [w for w in self.evms.values() if not w.delete and w.recorded != "ERROR"]
+            wanted.sort(key=lambda w: (int(w.batch[1:]) if w.batch[1:].isdigit() else 0, w.seq))
+            self._keep = {w.seq: w for w in wanted}
+        return self._keep
 
     def deleting(self) -> set[int]:
-        return {w.seq for w in self.evms.values() if w.delete}
+        if self._deleting is None:
+            self._deleting = {w.seq for w in self.evms.values() if w.delete}
+        return self._deleting
 
 
 class BadDesired(ValueError):
@@ -67,6 +75,18 @@ class BadDesired(ValueError):
 def _need(cond: bool, what: str) -> None:
     if not cond:
         raise BadDesired(what)
+
+
+def _ipv4(value: Any) -> bool:
+    """A dotted-quad IPv4 address (inet_pton is strict, unlike inet_aton, and ten times faster than
+    ipaddress: the file is parsed again on every rewrite, with up to 25,000 EVMs in it)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        socket.inet_pton(socket.AF_INET, value)
+    except OSError:
+        return False
+    return True
 
 
 def parse(doc: Any) -> Desired:
@@ -88,7 +108,7 @@ def parse(doc: Any) -> Desired:
         _need(isinstance(item, list) and len(item) == 6, "each EVM is [seq, ip, mac, batch, state, delete]")
         seq, ip, mac, batch, state, delete = item
         _need(isinstance(seq, int) and 1 <= seq <= names.MAX_SEQ, f"bad EVM number {seq!r}")
-        ipaddress.IPv4Address(ip)
+        _need(_ipv4(ip), f"bad address {ip!r} for {seq}")
         _need(isinstance(mac, str) and bool(MAC.match(mac)), f"bad MAC {mac!r}")
         _need(isinstance(batch, str) and isinstance(state, str) and state in STATES, f"bad batch/state for {seq}")
         _need(isinstance(delete, bool), f"bad delete flag for {seq}")
