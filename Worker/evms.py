@@ -208,12 +208,20 @@ class EvmSync:
             if not socks:
                 self.stopping.wait(0.2)
                 continue
+            # poll, not select: a node holding 1,000 EPMs has more than select's 1,024 descriptors
+            by_fd: dict[int, Tracked] = {}
+            poller = select.poll()
             try:
-                ready, _, _ = select.select(list(socks), [], [], 0.2)
+                for sock, tr in socks.items():
+                    by_fd[sock.fileno()] = tr
+                    poller.register(sock, select.POLLIN)
+                ready = poller.poll(200)
             except (OSError, ValueError):  # a socket closed under us: take the new list
                 continue
-            for sock in ready:
-                tr = socks[sock]
+            for fd, _ in ready:
+                tr = by_fd.get(fd)
+                if tr is None:
+                    continue
                 for data in tr.link.receive():
                     self._relay_one(tr, data)
             self._check_health(list(socks.values()))

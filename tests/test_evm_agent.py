@@ -166,10 +166,11 @@ def test_rps_rate_is_honoured() -> None:
         gaps = [b - a for a, b in itertools.pairwise(starts)]
         # The bucket never lets starts come closer than 1/rps (wall-clock jitter aside) ...
         assert min(gaps) >= (1 / rps) * 0.9
-        # ... and over the run the rate is the requested one; only loosely bounded below (2 noisy cores).
+        # ... and over the run never above the requested rate. How close a loaded machine gets to it is a
+        # speed (every netlink call waits for the kernel's one RTNL lock, shared with every other user of
+        # the machine), measured by bench/evms.py, not asserted here.
         achieved = (len(starts) - 1) / (starts[-1] - starts[0])
         assert achieved <= rps * 1.1
-        assert achieved >= rps * 0.5
 
 
 def test_a_stuck_kernel_call_ends_the_agent_and_a_fresh_one_carries_on() -> None:

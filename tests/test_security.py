@@ -44,7 +44,7 @@ def mounts_outside(attrs: dict[str, Any], root: str) -> list[str]:
             and not os.path.realpath(m["Source"]).startswith(root.rstrip("/") + "/")]
 
 
-# ---- item 1: an EPM gets nothing of the user's but its image and command --------------------------------------------------------
+# ---- item 1: an EPM gets nothing of the user's but its image and command ---------------------------------
 def epm_job(name: str, **task: Any) -> dict[str, Any]:
     return {"job_name": name, "job_info": {"evms": {"count": 1, "subnet": "10.86.0.0/24"},
                                            "tasks": {"e0": {"req_cores": 1, **task}}}}

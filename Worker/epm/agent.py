@@ -64,6 +64,9 @@ class Agent:
         self.last_status_fields: dict[str, Any] = {}
         self.stopping = threading.Event()
         self.wake = self._bind_wake()
+        self._poll = select.poll()
+        self._poll.register(self.wake, select.POLLIN)
+        self._registered: set[int] = set()
 
     def _bind_wake(self) -> socket.socket:
         path = os.path.join(self.dir, names.AGENT_SOCK)
@@ -91,9 +94,12 @@ class Agent:
         return True
 
     def wait(self, seconds: float) -> None:
-        fds: list[Any] = [self.wake] if self.gone_fd is None else [self.wake, self.gone_fd]
-        ready, _, _ = select.select(fds, [], [], max(0.0, seconds))
-        if self.gone_fd is not None and self.gone_fd in ready:
+        # poll, not select: the node agent holds several descriptors per EPM, far beyond select's 1,024
+        if self.gone_fd is not None and self.gone_fd not in self._registered:
+            self._poll.register(self.gone_fd, select.POLLIN)
+            self._registered.add(self.gone_fd)
+        ready = self._poll.poll(max(0.0, seconds) * 1000)
+        if self.gone_fd is not None and any(fd == self.gone_fd for fd, _ in ready):
             self.stopping.set()
         while True:  # take every pending nudge
             try:

@@ -29,6 +29,7 @@ import ctypes
 import fcntl
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -152,8 +153,16 @@ class Runner:
 
 
 def _exited(pidfd: int) -> bool:
-    ready, _, _ = select.select([pidfd], [], [], 0)
-    return bool(ready)
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    return bool(p.poll(0))
+
+
+def raise_fd_limit() -> None:
+    """Several descriptors per EPM (its netlink, report and wake sockets, pidfd): take the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Node:
@@ -191,9 +200,11 @@ class Node:
             del self.runners[name]
 
     def run(self) -> None:
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
         while not self.stopping.is_set():
             self.scan()
-            select.select([self.sock], [], [], SCAN_SECONDS)
+            poller.poll(SCAN_SECONDS * 1000)
             while True:
                 try:
                     self.sock.recv(64)
@@ -252,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the death signal was armed
         return 1
+    raise_fd_limit()
     root = os.path.abspath(args[0])
     os.makedirs(root, mode=0o700, exist_ok=True)
     try:
