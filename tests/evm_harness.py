@@ -106,11 +106,15 @@ def nsfs_mounts(netns_dir: Path) -> list[str]:
     return sorted(out)
 
 
-def py_in_netns(pid: int, netns_dir: Path, code: str, *args: str) -> str:
-    """Run Python on the host inside process ``pid``'s network namespace (RSWARM_NETNS: the EVMs' files)."""
+def py_in_netns(pid: int, netns_dir: Path, code: str, *args: str, private_mounts: bool = False,
+                timeout: float = 300) -> str:
+    """Run Python on the host inside process ``pid``'s network namespace (RSWARM_NETNS: the EVMs' files).
+    ``private_mounts``: in a mount namespace of its own too (what it mounts, e.g. `ip netns add`'s
+    /run/netns, stays there and goes with it)."""
     env = {**os.environ, "RSWARM_NETNS": str(netns_dir)}
-    res = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "--", sys.executable, "-c", code, *args],
-                         capture_output=True, env=env, timeout=300)
+    private = ["unshare", "--mount", "--propagation", "private", "--"] if private_mounts else []
+    res = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "--", *private, sys.executable, "-c", code,
+                          *args], capture_output=True, env=env, timeout=timeout)
     out = res.stdout.decode(errors="replace")
     if res.returncode != 0:
         raise AssertionError(f"python in the EPM's namespace exited {res.returncode}: {out}"
@@ -290,9 +294,9 @@ class EpmContainer:
         return self.wait(f"{len(want)} EVMs {state}", check, timeout)
 
     # ---- looking inside -----------------------------------------------------------------------
-    def py(self, code: str, *args: str) -> str:
+    def py(self, code: str, *args: str, private_mounts: bool = False, timeout: float = 300) -> str:
         """Run Python on the host inside the EPM's network namespace (RSWARM_NETNS: the EVMs' files)."""
-        return py_in_netns(self.pid, self.netns_dir, code, *args)
+        return py_in_netns(self.pid, self.netns_dir, code, *args, private_mounts=private_mounts, timeout=timeout)
 
     def inspect(self) -> dict[str, Any]:
         return json.loads(self.py(INSPECT))
