@@ -14,8 +14,9 @@ on it, then:
    (their resident memory is shown separately).
 3. **Baseline, same run.** Deletes the jobs, then Docker alone does the same container work on the same
    engines: per job an attachable overlay on the manager, then its containers (the EPM's image and
-   command, pinned, the same memory limit) created and started on the workers' engines, ``--parallel``
-   at a time. EPMs/s of the system / containers/s of Docker alone is the ratio.
+   command, pinned, the same memory limit) created and started on the engines of the nodes the system
+   chose for them, ``--parallel`` containers in flight. EPMs/s of the system / containers/s of Docker
+   alone is the ratio.
 """
 
 from __future__ import annotations
@@ -153,6 +154,10 @@ def system_run(api: Api, jobs: int, per_job: int) -> dict[str, Any]:
 
     wait(all_running, f"{n} EPMs RUNNING", 3600)
     running = time.monotonic() - t0
+    placement = []
+    for j in ids:
+        tasks = api.get(f"/jobs/{j}")["tasks"]
+        placement.append([tasks[f"e{k}"].get("node") or "" for k in range(per_job)])
 
     def all_ready() -> bool:
         for j in ids:
@@ -166,54 +171,60 @@ def system_run(api: Api, jobs: int, per_job: int) -> dict[str, Any]:
 
     wait(all_ready, f"{n} EVMs READY", 1800)
     ready = time.monotonic() - t0
-    return {"ids": ids, "epms": n, "submit_s": submitted, "first_submit_to_all_running_s": running,
-            "first_submit_to_all_evms_ready_s": ready, "epms_per_s": n / running}
+    return {"ids": ids, "placement": placement, "epms": n, "submit_s": submitted,
+            "first_submit_to_all_running_s": running, "first_submit_to_all_evms_ready_s": ready,
+            "epms_per_s": n / running}
 
 
-def engines() -> tuple[docker.APIClient, list[docker.APIClient]]:
+def engines() -> tuple[docker.APIClient, list[tuple[str, docker.APIClient]]]:
+    """The manager's engine and each worker host's (by host name, which is the Worker's node name)."""
     root = SOCK_ROOT / TAG
     manager = docker.APIClient(base_url=f"unix://{root}/rswc-{TAG}-m/docker.sock", timeout=300)
-    workers = [docker.APIClient(base_url=f"unix://{root / d.name}/docker.sock", timeout=300)
-               for d in sorted(root.iterdir()) if d.name.startswith(f"rswc-{TAG}-w")]
+    workers = []
+    for d in sorted(root.iterdir()):
+        if d.name.startswith(f"rswc-{TAG}-w"):
+            eng = docker.APIClient(base_url=f"unix://{d / 'docker.sock'}", timeout=300)
+            workers.append((eng.info().get("Name", d.name), eng))
     return manager, workers
 
 
-def docker_alone(jobs: int, per_job: int, parallel: int, mem: int) -> dict[str, Any]:
-    """The same containers, started by Docker alone: per job an attachable overlay, then its containers."""
+def docker_alone(placement: list[list[str]], parallel: int, mem: int) -> dict[str, Any]:
+    """The same containers, started by Docker alone on the nodes the system put them on: per job an
+    attachable overlay (made by the first of its containers to need it), then its containers created and
+    started, ``parallel`` containers in flight."""
     manager, workers = engines()
+    by_node = {name: eng for name, eng in workers}
     lock = threading.Lock()
+    job_locks = [threading.Lock() for _ in placement]
+    nets: dict[int, str] = {}
     made: list[tuple[docker.APIClient, str]] = []
-    nets: list[str] = []
-    slot = [0]
 
-    def one_job(i: int) -> None:
-        net = manager.create_network(f"rswdens-base-{i}", driver="overlay", attachable=True,
-                                     labels={"rswarm.bench": "density"})["Id"]
+    def one(item: tuple[int, int]) -> None:
+        i, k = item
+        with job_locks[i]:
+            if i not in nets:
+                nets[i] = manager.create_network(f"rswdens-base-{i}", driver="overlay", attachable=True,
+                                                 labels={"rswarm.bench": "density"})["Id"]
+        node = placement[i][k]
+        eng = by_node.get(node) or workers[i % len(workers)][1]
+        host = eng.create_host_config(cpuset_cpus=str(k % 2), mem_limit=mem, memswap_limit=mem,
+                                      network_mode=f"rswdens-base-{i}", security_opt=["no-new-privileges"])
+        c = eng.create_container(DEFAULT_IMAGE, command=DEFAULT_COMMAND, name=f"rswdens-base-{i}-{k}",
+                                 host_config=host, labels={"rswarm.bench": "density"}, detach=True)
+        eng.start(c["Id"])
         with lock:
-            nets.append(net)
+            made.append((eng, c["Id"]))
 
-        for k in range(per_job):
-            with lock:
-                n = slot[0]
-                slot[0] += 1
-            eng = workers[n % len(workers)]
-            host = eng.create_host_config(cpuset_cpus=str(n % 2), mem_limit=mem, memswap_limit=mem,
-                                          network_mode=f"rswdens-base-{i}", security_opt=["no-new-privileges"])
-            c = eng.create_container(DEFAULT_IMAGE, command=DEFAULT_COMMAND, name=f"rswdens-base-{i}-{k}",
-                                     host_config=host, labels={"rswarm.bench": "density"}, detach=True)
-            eng.start(c["Id"])
-            with lock:
-                made.append((eng, c["Id"]))
-
+    items = [(i, k) for i, nodes in enumerate(placement) for k in range(len(nodes))]
     t0 = time.monotonic()
-    with ThreadPoolExecutor(max_workers=parallel) as pool:  # `parallel` jobs, so containers, in flight
-        list(pool.map(one_job, range(jobs)))
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        list(pool.map(one, items))
     elapsed = time.monotonic() - t0
-    n = jobs * per_job
-    out = {"containers": n, "elapsed_s": elapsed, "containers_per_s": n / elapsed}
+    out = {"containers": len(items), "elapsed_s": elapsed, "containers_per_s": len(items) / elapsed,
+           "parallel": parallel, "placed_as_the_system": sum(1 for i, k in items if placement[i][k] in by_node)}
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda ec: ec[0].remove_container(ec[1], force=True), made))
-    for net in nets:
+    for net in nets.values():
         with contextlib.suppress(docker.errors.APIError):
             manager.remove_network(net)
     return out
@@ -243,7 +254,10 @@ def main() -> int:
             agents0, workers0, hosts0 = (rss_in_hosts(b"Worker.epm.node"), rss_in_hosts(b"-m\x00Worker\x00"),
                                          rss_in_hosts())
             res = system_run(api, args.jobs, args.per_job)
-            print(json.dumps({k: v for k, v in res.items() if k != "ids"}), flush=True)
+            print(json.dumps({k: v for k, v in res.items() if k not in ("ids", "placement")}), flush=True)
+            nodes = sorted({node for job in res["placement"] for node in job})
+            print(json.dumps({"nodes": {node: sum(job.count(node) for job in res["placement"]) for node in nodes},
+                              "nodes_per_job_max": max(len(set(job)) for job in res["placement"])}), flush=True)
             time.sleep(args.settle)
             drop = mem0 - mem_available()
             agents, workers_rss, hosts = (rss_in_hosts(b"Worker.epm.node"), rss_in_hosts(b"-m\x00Worker\x00"),
@@ -263,11 +277,11 @@ def main() -> int:
             wait(lambda: all(api.get(f"/jobs/{j}")["state"] in ("CANCELLED", "COMPLETED", "FAILED")
                              for j in res["ids"]), "the jobs to end", 1800)
             _, workers = engines()
-            wait(lambda: not any(w.containers(all=True, filters={"label": "rswarm.cluster"}) for w in workers),
+            wait(lambda: not any(w.containers(all=True, filters={"label": "rswarm.cluster"}) for _, w in workers),
                  "the EPM containers to be removed", 1800)
             base = None
             if not args.no_baseline:
-                base = docker_alone(args.jobs, args.per_job, args.parallel, int(mem))
+                base = docker_alone(res["placement"], args.parallel, int(mem))
                 print(json.dumps(base), flush=True)
         finally:
             _mgmt(["cluster", "down"], env)
