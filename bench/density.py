@@ -6,13 +6,13 @@ Brings up an emulated cluster (``Management.py cluster up``: W worker hosts, eac
 logical cores for its share of the EPMs; logical core i runs on physical core i mod 2) with the system
 on it, then:
 
-1. **Start rate.** Submits ``jobs`` jobs of ``per-job`` EPMs (1 core each, one lean EVM per EPM) as fast
+1. **Start rate.** Submits ``jobs`` jobs of ``per-job`` EPMs (1 core and 48m each, one lean EVM per EPM) as fast
    as the API takes them, and times the first submission -> every task RUNNING (and -> every EVM READY).
 2. **Density.** Once all are running and their EVMs ready, waits for the machine to settle and takes the
    drop of MemAvailable from just before the first submission, divided by the number of EPMs. That is
    everything an EPM costs: its container, the runtime shim, its share of the node agents and Workers
    (their resident memory is shown separately).
-3. **Baseline, same run.** Deletes the jobs, then Docker alone does the same container work on the same
+3. **Baseline, same run.** With the EPMs still there (idle), Docker alone does the same container work on the same
    engines: per job an attachable overlay on the manager, then its containers (the EPM's image and
    command, pinned, the same memory limit) created and started on the engines of the nodes the system
    chose for them, ``--parallel`` containers in flight. EPMs/s of the system / containers/s of Docker
@@ -22,9 +22,9 @@ on it, then:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,9 +41,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from Common.ops.emulated import SOCK_ROOT  # noqa: E402
+from Common.ops.emulated import remove as remove_hosts  # noqa: E402
 from Worker.evms import DEFAULT_COMMAND, DEFAULT_IMAGE  # noqa: E402
 
 TAG = "dens"
+# Each EPM's memory claim: above the 40 MiB + 176 KiB the FrontEnd asks for one lean EVM, below the 128m a task
+# gets by default (with which a 24 GB node is fully claimed at 188 EPMs).
+EPM_MEMORY = "48m"
 
 
 def _env(run_dir: str) -> dict[str, str]:
@@ -136,7 +140,7 @@ def system_run(api: Api, jobs: int, per_job: int) -> dict[str, Any]:
     for i in range(jobs):
         ids.append(api.submit({"job_name": f"dens{i}", "job_info": {
             "evms": {"count": per_job, "subnet": "10.70.0.0/24", "devices": "lean"},
-            "tasks": {f"e{k}": {"req_cores": 1} for k in range(per_job)}}}))
+            "tasks": {f"e{k}": {"req_cores": 1, "mem_limit": EPM_MEMORY} for k in range(per_job)}}}))
     submitted = time.monotonic() - t0
     n = jobs * per_job
     state: dict[str, Any] = {"running": set(), "ready": set()}
@@ -222,12 +226,7 @@ def docker_alone(placement: list[list[str]], parallel: int, mem: int) -> dict[st
     elapsed = time.monotonic() - t0
     out = {"containers": len(items), "elapsed_s": elapsed, "containers_per_s": len(items) / elapsed,
            "parallel": parallel, "placed_as_the_system": sum(1 for i, k in items if placement[i][k] in by_node)}
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda ec: ec[0].remove_container(ec[1], force=True), made))
-    for net in nets.values():
-        with contextlib.suppress(docker.errors.APIError):
-            manager.remove_network(net)
-    return out
+    return out  # its containers and networks go with the cluster (`cluster down`)
 
 
 def main() -> int:
@@ -241,13 +240,14 @@ def main() -> int:
     args = ap.parse_args()
     if not (1 <= args.workers <= 8 and 1 <= args.jobs <= 200 and 1 <= args.per_job <= 20):
         ap.error("--workers 1..8, --jobs 1..200, --per-job 1..20")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the `finally` (cluster down) when stopped
     n = args.jobs * args.per_job
     cores = -(-n // args.workers) + args.per_job  # each worker's share, plus slack for an uneven spread
     with tempfile.TemporaryDirectory(prefix="rswarm-bench-density-") as tmp:
         env = _env(str(Path(tmp) / "run"))
-        _mgmt(["cluster", "up", "--workers", str(args.workers), "--cores", f"0-{cores - 1}", "--tag", TAG,
-               "--subnet", "10.95.0.0/24", "--images", DEFAULT_IMAGE], env)
         try:
+            _mgmt(["cluster", "up", "--workers", str(args.workers), "--cores", f"0-{cores - 1}", "--tag", TAG,
+                   "--subnet", "10.95.0.0/24", "--images", DEFAULT_IMAGE], env)
             api = Api(env)
             time.sleep(10)
             mem0 = mem_available()
@@ -272,19 +272,23 @@ def main() -> int:
                        "hosts_rss_growth_mib": (hosts[1] - hosts0[1]) / 2**20,
                        "hosts_rss_growth_per_epm_mib": (hosts[1] - hosts0[1]) / n / 2**20}
             print(json.dumps(density), flush=True)
-            for j in res["ids"]:
-                api.s.delete(f"{api.base}/jobs/{j}", timeout=60)
-            wait(lambda: all(api.get(f"/jobs/{j}")["state"] in ("CANCELLED", "COMPLETED", "FAILED")
-                             for j in res["ids"]), "the jobs to end", 1800)
-            _, workers = engines()
-            wait(lambda: not any(w.containers(all=True, filters={"label": "rswarm.cluster"}) for _, w in workers),
-                 "the EPM containers to be removed", 1800)
+            # The EPMs stay (idle) while Docker alone runs: removing 1,000 containers takes the loaded
+            # engines longer than the whole measurement; `cluster down` removes everything afterwards.
             base = None
             if not args.no_baseline:
                 base = docker_alone(res["placement"], args.parallel, int(mem))
                 print(json.dumps(base), flush=True)
         finally:
-            _mgmt(["cluster", "down"], env)
+            try:
+                _mgmt(["cluster", "down"], env)
+            except (SystemExit, subprocess.TimeoutExpired) as exc:  # a loaded engine's `rm -f` timed out
+                print(f"cluster down: {exc}; removing the hosts by name", file=sys.stderr)
+                for _ in range(5):
+                    try:
+                        remove_hosts(TAG, None)
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
     print(f"\nEPMs {n} on {args.workers} workers: first submission -> all RUNNING "
           f"{res['first_submit_to_all_running_s']:.1f} s = {res['epms_per_s']:.2f} EPMs/s "
           f"(-> all EVMs READY {res['first_submit_to_all_evms_ready_s']:.1f} s)")
