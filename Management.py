@@ -39,8 +39,9 @@ MODULES = {"globalmanager": "GlobalManager", "discovery": "Discovery", "jobmanag
            "frontend": "FrontEnd", "worker": "Worker"}
 SUPERVISED = ("mongo", *ACTORS)
 DOCKER_SOCK = "/var/run/docker.sock"
-# What `up --inventory` loads into every prepared host's engine ("epm": this checkout's EPM image).
-HOST_IMAGES = "rswarm/task:1,rswarm/epm-base:1,epm"
+# What `up --inventory` loads into every prepared host's engine (EPMs run rswarm/task:1 unless a task names
+# its image).
+HOST_IMAGES = "rswarm/task:1,rswarm/epm-base:1"
 HOLLOW_PER_PROCESS = 2500  # hollow nodes per process (Worker/hollow.py): 10,000 run in 4 processes
 
 
@@ -686,19 +687,9 @@ def forget_workers(cfg: Config, names: list[str], end_jobs: bool = False) -> Non
 
 
 def resolve_images(names: list[str]) -> list[str]:
-    """Local image names to load into the hosts; "epm" stands for the EPM image of this checkout's agent
-    code, built here first if missing."""
-    out = []
-    for name in names:
-        if name == "epm":
-            import docker
-
-            from Worker import epm_image
-
-            out.append(epm_image.ensure(docker.APIClient(base_url=f"unix://{DOCKER_SOCK}", timeout=300)))
-        else:
-            out.append(name)
-    return out
+    """Local image names to load into the hosts ("epm", the old per-EPM agent image, is no longer needed:
+    EPMs run rswarm/task:1 unless a task names its image, and the node's EVM agent runs beside the Worker)."""
+    return [name for name in names if name != "epm"]
 
 
 def cluster_command(cfg: Config, args: argparse.Namespace) -> int:
@@ -858,9 +849,9 @@ def main(argv: list[str] | None = None) -> int:
     c_up.add_argument("--subnet", default="10.77.0.0/24", help="the hosts' private subnet (default 10.77.0.0/24)")
     c_up.add_argument("--experimental", action="store_true", help="dockerd --experimental (checkpoints)")
     c_up.add_argument("--no-system", action="store_true", help="only the hosts; do not run `up` on them")
-    c_up.add_argument("--images", default="rswarm/task:1,epm",
-                      help="comma-separated local images to load into every worker host; 'epm' is the EPM "
-                           "image of this checkout (default: rswarm/task:1,epm)")
+    c_up.add_argument("--images", default="rswarm/task:1",
+                      help="comma-separated local images to load into every worker host (default: rswarm/task:1, "
+                           "what EPMs run unless a task names its image)")
     csub.add_parser("down", help="stop the system and remove every host, bridge, rule, daemon and directory")
     c_status = csub.add_parser("status", help="hosts, daemons, Swarm membership, Worker processes")
     c_status.add_argument("--json", action="store_true")

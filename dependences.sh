@@ -141,8 +141,4 @@ if ! "$DOCKER" image inspect "$EPM_BASE_IMAGE" >/dev/null 2>&1; then
   rm -rf "$rootfs"
 fi
 
-# The EPM image: the base plus the EVM agent (Worker/epm/), tagged with a hash of the agent's code, so a
-# code change is a new image (the Worker also builds it when missing). FROM a local image: no network.
-EPM_IMAGE="$(.venv/bin/python -m Worker.epm_image)" || die "building the EPM image failed"
-
-log "ready (role $ROLE): $("$DOCKER" version --format 'engine {{.Server.Version}}'), swarm $("$DOCKER" info --format '{{.Swarm.LocalNodeState}}'), images $TASK_IMAGE $EPM_BASE_IMAGE $EPM_IMAGE"
+log "ready (role $ROLE): $("$DOCKER" version --format 'engine {{.Server.Version}}'), swarm $("$DOCKER" info --format '{{.Swarm.LocalNodeState}}'), images $TASK_IMAGE $EPM_BASE_IMAGE"

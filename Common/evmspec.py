@@ -37,7 +37,7 @@ from Common.errors import Invalid
 from Common.fields import reject_unknown, require_int, require_object
 from Common.resources import format_memory
 
-EPM_IMAGE = "rswarm/epm"  # what a job names; the Worker runs the agent image built from this code
+EPM_IMAGE = "rswarm/epm"  # what an EPM task names by default; the Worker runs Worker.evms.DEFAULT_IMAGE for it
 DEVICE_SETS = ("full", "lean")
 LEAN_MAX_PORTS = 1023  # a Linux bridge refuses its 1,024th port ("Exchange full")
 MAX_EVMS_PER_JOB = 100_000
@@ -449,22 +449,17 @@ EPM_REFUSED_FIELDS = ("volumes", "environment", "ports")
 
 
 def _check_epm_task(task: Any, raw: dict[str, Any], where: str, evms: int, devices: str) -> None:
-    """An EPM task runs the agent in the EPM image, with memory for its EVMs, and nothing of the user's.
+    """An EPM task runs the image it names (any image with a long-running command; none named: the
+    default, which sleeps) with memory for its EVMs.
 
-    An EPM holds NET_ADMIN and SYS_ADMIN: a volume over the agent's code, a PYTHONPATH or a published port
-    would hand those to the user's code, so they are refused (and ignored by the Worker whatever MongoDB
-    says: Worker.engine).
+    The node's EVM agent makes the EVMs from outside the container, which holds no privilege. Volumes,
+    environment and ports stay refused (and ignored by the Worker whatever MongoDB says: Worker.engine):
+    an EPM is an emulated machine, not a service.
     """
     for key in EPM_REFUSED_FIELDS:
         if raw.get(key) not in (None, "", {}, []):
-            raise Invalid(f"{where}.{key}: an EPM runs only the system's code (the EVM agent, with network "
-                          f"privileges); it takes no {key}", field=f"{where}.{key}")
-    if task.image != EPM_IMAGE:
-        raise Invalid(f"{where}.image: an EPM task runs the EPM image; leave image out or give {EPM_IMAGE!r}",
-                      field=f"{where}.image")
-    if task.command is not None:
-        raise Invalid(f"{where}.command: an EPM task runs the EVM agent; it takes no command",
-                      field=f"{where}.command")
+            raise Invalid(f"{where}.{key}: an EPM takes no {key} (it is an emulated machine whose EVMs the "
+                          f"node's agent makes; give an ordinary task for a service)", field=f"{where}.{key}")
     need = epm_memory(evms, devices)
     if raw.get("mem_limit") is None:
         if task.mem_bytes < need:

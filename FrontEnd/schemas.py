@@ -24,7 +24,9 @@ EVMS_SCHEMA = {
     "type": "object",
     "description": "EVMs (network namespaces) in the job's EPMs; see docs/evms.md. At job level (job_info.evms) "
                    "every task is an EPM and the EVMs are spread by `distribution`; on a task, that task is an "
-                   "EPM holding `count` EVMs. EPM tasks run the EPM image (leave `image` out) and get memory "
+                   "EPM holding `count` EVMs. EPM tasks run the image and command they name (default: "
+                   "rswarm/task:1 sleeping; the node's EVM agent makes the EVMs from outside, the EPM holds no "
+                   "privilege) and get memory "
                    "sized from their EVMs (about 40 MiB + 256 KiB per EVM of the full set) unless mem_limit is "
                    "given, which must then be large enough.",
     "example": {"count": 100, "subnet": "10.60.0.0/24", "devices": "full", "distribution": "uniform",

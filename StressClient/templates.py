@@ -10,7 +10,7 @@ integers for integer fields, whole MiB for memory) or ``{"choice": [..]}``. ``co
 a list of strings, where ``{duration}`` is replaced by the drawn duration) overrides ``duration``,
 which otherwise runs ``sleep <duration>``. ``network`` becomes ``job_info.network``; ``evms`` is the
 job's EVM section (docs/evms.md), sent as ``job_info.evms`` when the run asks for it (``--evms``): every
-task is then an EPM (the EPM image, no command; ``mem_limit`` only when the template gives ``memory``,
+task is then an EPM (the default EPM image and command; ``mem_limit`` only when the template gives ``memory``,
 else the FrontEnd sizes it from the EVMs), and job 0 is checked by the FrontEnd's own validator when
 the template is loaded.
 
@@ -200,7 +200,7 @@ class Template:
             command = [a.replace("{duration}", dur_text) for a in cmd]
         task: dict[str, Any] = {"image": image, "command": command, "req_cores": cores, "mem_limit": mem_text}
         epms = self.with_evms and s.get("evms") is not None
-        if epms:  # an EPM runs the EPM image and its agent; memory is sized from its EVMs unless given
+        if epms:  # an EPM runs the default EPM image (rswarm/task:1 sleeping); memory sized from its EVMs unless given
             task = {"req_cores": cores, **({"mem_limit": mem_text} if self._explicit_memory else {})}
         if s.get("environment"):
             task["environment"] = dict(s["environment"])

@@ -118,18 +118,18 @@ class Engine:
                epm: dict[str, Any] | None = None, job_rels: list[str] | None = None) -> str:
         """Create (not start) the task's container, pinned and limited. Returns its id.
 
-        ``epm`` (Worker.evms) turns it into an EPM: the EPM image, capabilities, /dev/net/tun, its directory.
+        ``epm`` (Worker.evms) turns it into an EPM: its image and command, sysctls, labels; no privilege.
         ``job_rels``: every volume path of the job's document (Worker.volumes.job_paths), re-checked for nesting.
         """
         name = container_name(job_id, task, t["attempt"])
         if epm:
-            # An EPM runs only the system's code: whatever the task document says, none of the user's
-            # ports, volumes or environment reach it (the FrontEnd refuses them; this is the re-check
-            # where it takes effect, against a document altered in MongoDB).
+            # Whatever the task document says, none of the user's ports, volumes or environment reach an
+            # EPM (the FrontEnd refuses them; this is the re-check where it takes effect, against a
+            # document altered in MongoDB).
             ports: list[str] = []
             port_bindings = None
             binds = dict(epm["binds"])
-            image, command, environment = epm["image"], None, dict(epm["environment"])
+            image, command, environment = epm["image"], epm["command"], dict(epm["environment"]) or None
         else:
             ports = list(t.get("ports") or {})
             port_bindings = {p: h for p, h in (t.get("ports") or {}).items()} or None

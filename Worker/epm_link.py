@@ -1,9 +1,11 @@
 """The host end of an EPM's directory: the desired-EVM file the Worker writes and the agent's reports.
 
-Each EPM container gets its own directory (``<run_dir>/epm/<container name>/``) bind-mounted at
-/run/rswarm. The Worker replaces ``desired.json`` atomically (write a new file, rename it over) and
-nudges the agent's datagram socket; the agent sends its reports to the Worker's datagram socket. An
-EPM can only ever speak about itself: the Worker attributes what arrives on a directory's socket to
+Each EPM container gets its own directory on the host (``<run_dir>/epm/<container name>/``), served by
+the node's EVM agent (Worker/epm/node.py); the container itself sees none of it. The Worker replaces
+``desired.json`` atomically (write a new file, rename it over) and nudges the agent's datagram socket;
+the agent sends its reports to the Worker's datagram socket. Once the container runs, the Worker writes
+``target.json`` (its process, id and host name) and nudges the node agent. The EVMs' namespace files are
+bind mounts in ``netns/`` of the directory. The Worker attributes what arrives on a directory's socket to
 that directory's EPM, whatever the datagram says.
 """
 
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from Common.evmstates import check_report_items
-from Worker.epm import names
+from Worker.epm import names, nsfs
 
 MAX_DATAGRAM = 256 * 1024
 META_FILE = "epm.json"  # who this directory belongs to, for a restarted Worker
@@ -99,6 +101,16 @@ class EpmLink:
             os.close(fd)
         os.replace(tmp, self.dir / name)  # replaces a symlink planted by the EPM, never follows it
 
+    def write_target(self, pid: int, cid: str, hostname: str) -> None:
+        self._write(names.TARGET_FILE, {"pid": pid, "id": cid, "hostname": hostname})
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.setblocking(False)
+            with contextlib.suppress(OSError):
+                s.sendto(b"t", str(self.dir.parent / names.NODE_SOCK))
+
+    def has_target(self) -> bool:
+        return (self.dir / names.TARGET_FILE).exists()
+
     def write_desired(self, doc: dict[str, Any]) -> None:
         self._write(names.DESIRED_FILE, doc)
         self.nudge()
@@ -126,7 +138,20 @@ class EpmLink:
             self.sock.close()
             self.sock = None
         if remove:
+            unmount_namespaces(self.dir)
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def unmount_namespaces(d: Path) -> int:
+    """Unmount the EVM namespace files of an EPM directory (the node agent does it when the container
+    exits; this is for an agent that was not running then)."""
+    n = 0
+    ns_dir = d / names.NETNS_SUBDIR
+    for entry in ns_dir.iterdir() if ns_dir.is_dir() else []:
+        if names.seq_of(entry.name, names.NS_PREFIX) is not None:
+            with contextlib.suppress(OSError):
+                n += nsfs.detach(str(entry))
+    return n
 
 
 def read_meta(path: Path) -> dict[str, Any] | None:

@@ -1,8 +1,12 @@
 """The Worker's EVM side: each EPM's directory, desired-EVM file and reports, kept in step with MongoDB.
 
 For every EPM container on this node (a task whose document carries ``evms``) the Worker
-  * before creating the container: builds the EPM image if needed, opens the EPM's directory, re-binds
-    the EPM's EVM records to this attempt, and writes the desired file the agent starts from;
+  * runs the node's EVM agent (Worker/epm/node.py, kept alive by Worker/epm/keeper.py): one process for
+    all EPMs of the node, which enters each EPM's network namespace; the EPM container holds no agent
+    and no capability, and runs the image the task names (default: ``DEFAULT_IMAGE`` sleeping);
+  * before creating the container: opens the EPM's directory, re-binds the EPM's EVM records to this
+    attempt, and writes the desired file the agent starts from;
+  * once it runs: writes ``target.json`` (its PID 1, id, host name) so the node agent serves it;
   * while it runs: rewrites the desired file when the EPM's generation in MongoDB moves (EVMs added or
     deleted; polled every ``worker.evm_poll_seconds``) and every ``worker.evm_resync_seconds`` (so the
     recorded states the agent compares against stay fresh), and relays the agent's reports to Discovery
@@ -32,17 +36,22 @@ from typing import Any
 import docker
 
 from Common.config import Config
+from Common.evmspec import EPM_IMAGE
 from Common.logs import Throttled
 from Common.messaging import Sender
 from Common.store import Store
 from Common.store.jobs import container_name
-from Worker import epm_image
+from Worker.epm.keeper import Keeper
 from Worker.epm_link import BadReport, EpmLink, desired_doc, parse_report, read_meta
 
 log = logging.getLogger(__name__)
 
-EPM_MOUNT = "/run/rswarm"
 LABEL_EPM = "rswarm.epm"
+# What an EPM task that names no image of its own runs: any long-running process will do, since the EVMs
+# are made from outside. PID 1 of a container ignores SIGTERM without a handler, hence the trap (a stop
+# would otherwise wait for the engine's grace period).
+DEFAULT_IMAGE = "rswarm/task:1"
+DEFAULT_COMMAND = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
 RELAY_CHUNK = 100  # EVM outcomes per evm_status message,
 RELAY_BYTES = 40_000  # and their size: well under the envelope's 64 KiB frame limit
 DRAIN_MIN = 16  # full-set EPMs holding fewer EVMs are removed at once
@@ -67,6 +76,7 @@ class Tracked:
     status: dict[str, Any] = field(default_factory=dict)
     drain_until: float | None = None
     last_health: float = 0.0
+    targeted: bool = False  # target.json written for this container's process
 
 
 def is_epm(t: dict[str, Any]) -> bool:
@@ -84,9 +94,11 @@ class EvmSync:
         self.kick = threading.Event()
         self._swept = False
         self._threads: list[threading.Thread] = []
+        self.keeper = Keeper(str(self.root))
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        self.keeper.start()
         for target, name in ((self._relay, "evm-relay"), (self._syncer, "evm-sync")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -95,22 +107,32 @@ class EvmSync:
     def stop(self) -> None:
         self.stopping.set()
         self.kick.set()
+        self.keeper.stop()
 
     # ---- before the container is created -----------------------------------------------------
     def container_options(self, job: dict[str, Any], name: str, t: dict[str, Any]) -> dict[str, Any] | None:
-        """What an EPM container needs beyond a task's (None for other tasks). Raises ImageError."""
+        """What an EPM container needs beyond a task's (None for other tasks).
+
+        No capability, device or mount: the node agent makes the EVMs from outside the container. The
+        image is the task's; ``rswarm/epm`` (what a job gets when it names none) means ``DEFAULT_IMAGE``.
+        """
         if not is_epm(t):
             return None
-        image = epm_image.ensure(self.api)
-        tr = self.track(job["_id"], name, t)
+        self.track(job["_id"], name, t)
+        image = t.get("image") or EPM_IMAGE
+        if image == EPM_IMAGE or image.startswith(EPM_IMAGE + ":"):
+            image, command = DEFAULT_IMAGE, t.get("command") or DEFAULT_COMMAND
+        else:
+            command = t.get("command")
         return {
             "image": image,
-            "binds": {str(tr.link.dir): {"bind": EPM_MOUNT, "mode": "rw"}},
-            "cap_add": ["NET_ADMIN", "SYS_ADMIN"],  # SYS_ADMIN: namespaces are bind-mounted to persist
-            "devices": ["/dev/net/tun:/dev/net/tun:rwm"],
+            "command": command,
+            "binds": {},
+            "cap_add": None,
+            "devices": None,
             "sysctls": EPM_SYSCTLS,
             "labels": {LABEL_EPM: "1"},
-            "environment": {"RSWARM_EPM_DIR": EPM_MOUNT},
+            "environment": {},
         }
 
     def track(self, job_id: str, epm: str, t: dict[str, Any]) -> Tracked:
@@ -158,6 +180,9 @@ class EvmSync:
             tracked = list(self.tracked.values())
         if not tracked:
             return
+        for tr in tracked:
+            if not tr.targeted:
+                self._target(tr)
         gens = self.store.evms.gens(sorted({tr.job_id for tr in tracked}))
         now = time.monotonic()
         for tr in tracked:
@@ -167,6 +192,18 @@ class EvmSync:
                 tr.gen = gen
                 self.write(tr)
 
+    def _target(self, tr: Tracked) -> None:
+        """Tell the node agent which process to enter, once the container runs."""
+        try:
+            attrs = self.api.inspect_container(tr.link.container)
+        except docker.errors.NotFound:
+            return
+        state = attrs.get("State") or {}
+        pid = int(state.get("Pid") or 0)
+        if state.get("Running") and pid > 1:
+            tr.link.write_target(pid, attrs["Id"], (attrs.get("Config") or {}).get("Hostname") or "")
+            tr.targeted = True
+
     # ---- the agents' reports ------------------------------------------------------------------
     def _relay(self) -> None:
         while not self.stopping.is_set():
@@ -175,12 +212,20 @@ class EvmSync:
             if not socks:
                 self.stopping.wait(0.2)
                 continue
+            # poll, not select: a node holding 1,000 EPMs has more than select's 1,024 descriptors
+            by_fd: dict[int, Tracked] = {}
+            poller = select.poll()
             try:
-                ready, _, _ = select.select(list(socks), [], [], 0.2)
+                for sock, tr in socks.items():
+                    by_fd[sock.fileno()] = tr
+                    poller.register(sock, select.POLLIN)
+                ready = poller.poll(200)
             except (OSError, ValueError):  # a socket closed under us: take the new list
                 continue
-            for sock in ready:
-                tr = socks[sock]
+            for fd, _ in ready:
+                tr = by_fd.get(fd)
+                if tr is None:
+                    continue
                 for data in tr.link.receive():
                     self._relay_one(tr, data)
             self._check_health(list(socks.values()))
@@ -253,6 +298,8 @@ class EvmSync:
         for cname, (job_id, epm, attempt, t) in epm_containers.items():
             if cname not in self.tracked and is_epm(t) and t.get("attempt") == attempt:
                 self.track(job_id, epm, t)
+        if any(not tr.targeted for tr in self.tracked.values()):
+            self.kick.set()  # the sync thread writes target.json as soon as the container runs
         with self.lock:
             gone = [tr for name, tr in self.tracked.items() if name not in epm_containers and tr.written_at
                     and time.monotonic() - tr.written_at > 1.0]

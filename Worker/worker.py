@@ -30,7 +30,6 @@ from Common.store import Store
 from Common.store.jobs import container_name
 from Common.store.workers import DOWN, READY, REMOVED
 from Worker.engine import Engine, Observed, StartFailed, StartTimedOut
-from Worker.epm_image import ImageError
 from Worker.evms import EvmSync, is_epm
 from Worker.lifecycle import Lifecycle
 from Worker.volumes import job_paths
@@ -339,7 +338,7 @@ class Worker:
         try:
             cid = self.engine.create(job_id, name, t, job["network"]["docker_name"],
                                      epm=self.evms.container_options(job, name, t), job_rels=job_paths(job))
-        except (StartFailed, ImageError) as exc:
+        except StartFailed as exc:
             CONTAINER_STARTS.labels(self.name, "failed").inc()
             self.report(job_id, name, t["attempt"], TaskState.FAILED, reason=str(exc))
             return

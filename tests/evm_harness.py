@@ -1,9 +1,13 @@
-"""A real EPM container driven directly, playing the Worker's part: for agent tests and benchmarks.
+"""A real EPM container and a real node EVM agent driven directly, playing the Worker's part: for agent
+tests and benchmarks.
 
-The container runs the EPM image (the agent under its supervisor) with the capabilities, the tun
-device and a per-EPM directory exactly as the Worker gives them; the harness writes the desired file and
-reads the agent's reports through ``Worker.epm_link``. Containers are labelled ``rswarm.evmtest`` and
-named with a prefix, so leftovers of a crashed run are removed by ``remove_leftovers``.
+The container runs ``rswarm/task:1`` sleeping, with no capability, exactly as the Worker gives an EPM;
+the node agent (Worker/epm/node.py) runs as a child process kept alive by ``Worker.epm.keeper`` as in
+the Worker. The harness writes the desired and target files and reads the agent's reports through
+``Worker.epm_link``. What the kernel holds is read from the host, inside the EPM's network namespace
+(``nsenter --net=/proc/PID/ns/net``); the EVMs' namespace files are in the EPM directory's ``netns/``.
+Containers are labelled ``rswarm.evmtest`` and named with a prefix, so leftovers of a crashed run are
+removed by ``remove_leftovers``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,9 +29,10 @@ import docker
 
 from Common import cgroups
 from Common.evmspec import mac_for
-from Worker import epm_image
-from Worker.epm_link import BadReport, EpmLink, desired_doc, parse_report
-from Worker.evms import EPM_SYSCTLS
+from Worker.epm import names
+from Worker.epm.keeper import Keeper
+from Worker.epm_link import BadReport, EpmLink, desired_doc, parse_report, unmount_namespaces
+from Worker.evms import DEFAULT_COMMAND, DEFAULT_IMAGE, EPM_SYSCTLS
 
 LABEL = "rswarm.evmtest"  # its value: "<boot id>:<pid>" of the process that made the container
 PREFIX = "rswevmtest-"
@@ -35,25 +42,28 @@ import json, os
 from pyroute2 import IPRoute
 ipr = IPRoute()
 links = [(l.get_attr('IFLA_IFNAME'), l['flags'] & 1, l.get_attr('IFLA_MASTER') or 0) for l in ipr.get_links()]
-ns = sorted(os.listdir('/run/netns')) if os.path.isdir('/run/netns') else []
+NS = os.environ['RSWARM_NETNS']
+ns = sorted(os.listdir(NS)) if os.path.isdir(NS) else []
 print(json.dumps({'links': links, 'netns': ns}))
 """
 
-# Light enough for an EPM holding tens of thousands of links (a pyroute2 dump of them would need more
-# memory than the EPM has to spare): names only, from sysfs, which shows the container's namespace.
+# Names only (run on the host, inside the EPM's network namespace: nothing is charged to the EPM).
 COUNT = r"""
 import json, os
-names = os.listdir('/sys/class/net')
+from pyroute2 import IPRoute
+with IPRoute() as ipr:
+    names = [l.get_attr('IFLA_IFNAME') for l in ipr.get_links()]
 count = {p: sum(1 for n in names if n.startswith(p) and n[len(p):].isdigit()) for p in ('rswv', 'rswt', 'rswb')}
 count['other'] = len(names) - sum(count.values())
-count['netns'] = len(os.listdir('/run/netns')) if os.path.isdir('/run/netns') else 0
+NS = os.environ['RSWARM_NETNS']
+count['netns'] = len(os.listdir(NS)) if os.path.isdir(NS) else 0
 print(json.dumps(count))
 """
 
 PING = r"""
 import os, socket, struct, sys, time
 src, dst = sys.argv[1], sys.argv[2]
-fd = os.open('/run/netns/' + src, os.O_RDONLY)
+fd = os.open(os.path.join(os.environ['RSWARM_NETNS'], src), os.O_RDONLY)
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
 if libc.setns(fd, 0x40000000) != 0:
@@ -82,6 +92,36 @@ print(ok)
 """
 
 
+def nsfs_mounts(netns_dir: Path) -> list[str]:
+    """The names of the network namespaces mounted in ``netns_dir``, read from the kernel's mount table
+    (a file that is not an nsfs mount there is not a namespace)."""
+    out = []
+    prefix = str(netns_dir).rstrip("/") + "/"
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        mount_point = fields[4].replace("\\040", " ")
+        fstype = fields[fields.index("-") + 1]
+        if fstype == "nsfs" and mount_point.startswith(prefix) and "/" not in mount_point[len(prefix):]:
+            out.append(mount_point[len(prefix):])
+    return sorted(out)
+
+
+def py_in_netns(pid: int, netns_dir: Path, code: str, *args: str, private_mounts: bool = False,
+                timeout: float = 300) -> str:
+    """Run Python on the host inside process ``pid``'s network namespace (RSWARM_NETNS: the EVMs' files).
+    ``private_mounts``: in a mount namespace of its own too (what it mounts, e.g. `ip netns add`'s
+    /run/netns, stays there and goes with it)."""
+    env = {**os.environ, "RSWARM_NETNS": str(netns_dir)}
+    private = ["unshare", "--mount", "--propagation", "private", "--"] if private_mounts else []
+    res = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "--", *private, sys.executable, "-c", code,
+                          *args], capture_output=True, env=env, timeout=timeout)
+    out = res.stdout.decode(errors="replace")
+    if res.returncode != 0:
+        raise AssertionError(f"python in the EPM's namespace exited {res.returncode}: {out}"
+                             f"{res.stderr.decode(errors='replace')[-2000:]}")
+    return out
+
+
 def client() -> docker.DockerClient:
     return docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=120)
 
@@ -99,7 +139,8 @@ def _alive(owner: str) -> bool:
 
 
 def remove_leftovers() -> None:
-    """Containers (and directories) of harness runs whose process is gone; never a live run's."""
+    """Containers (and directories, their namespace files unmounted) of harness runs whose process is
+    gone; never a live run's."""
     c = client()
     dead: set[str] = set()
     for cont in c.containers.list(all=True, filters={"label": LABEL}):
@@ -110,6 +151,9 @@ def remove_leftovers() -> None:
     live = {cont.name for cont in c.containers.list(all=True, filters={"label": LABEL})}
     for d in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
         if not any(d.name.startswith(name) for name in live):
+            for epm_dir in d.iterdir() if d.is_dir() else []:
+                if epm_dir.is_dir():
+                    unmount_namespaces(epm_dir)
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -126,7 +170,8 @@ def addresses(n: int, subnet: str = "10.77.0.0/16", first: int = 1) -> list[tupl
 
 class EpmContainer:
     def __init__(self, devices: str = "full", mem: str = "256m", cpuset: str | None = None,
-                 subnet: str = "10.77.0.0/16", op_timeout: float = 20.0) -> None:
+                 subnet: str = "10.77.0.0/16", op_timeout: float = 20.0, image: str = DEFAULT_IMAGE,
+                 command: list[str] | None = None) -> None:
         self.devices, self.subnet, self.op_timeout = devices, ipaddress.IPv4Network(subnet), op_timeout
         self.name = PREFIX + secrets.token_hex(4)
         self.root = Path(tempfile.mkdtemp(prefix=self.name + "-"))
@@ -142,15 +187,23 @@ class EpmContainer:
         self.reports: list[dict[str, Any]] = []
         self.bad: list[str] = []
         self.write()
+        self.keeper = Keeper(str(self.root))
+        self.keeper.start()
         self.docker = client()
         kwargs: dict[str, Any] = {}
         if cpuset:
             kwargs["cpuset_cpus"] = cpuset
         self.container = self.docker.containers.run(
-            epm_image.ensure(self.docker.api), name=self.name, detach=True, labels={LABEL: _owner()},
-            cap_add=["NET_ADMIN", "SYS_ADMIN"], devices=["/dev/net/tun:/dev/net/tun:rwm"],
-            volumes={str(self.link.dir): {"bind": "/run/rswarm", "mode": "rw"}},
+            image, command if command is not None else (DEFAULT_COMMAND if image == DEFAULT_IMAGE else None),
+            name=self.name, detach=True, labels={LABEL: _owner()},
             mem_limit=mem, memswap_limit=mem, network_mode="none", sysctls=EPM_SYSCTLS, **kwargs)
+        self.container.reload()
+        self.pid = int(self.container.attrs["State"]["Pid"])
+        self.link.write_target(self.pid, self.container.id, self.container.attrs["Config"]["Hostname"])
+
+    @property
+    def netns_dir(self) -> Path:
+        return self.link.dir / names.NETNS_SUBDIR
 
     # ---- the Worker's part --------------------------------------------------------------------
     def write(self) -> None:
@@ -241,35 +294,28 @@ class EpmContainer:
         return self.wait(f"{len(want)} EVMs {state}", check, timeout)
 
     # ---- looking inside -----------------------------------------------------------------------
-    def exec(self, *argv: str) -> str:
-        res = self.container.exec_run(list(argv))
-        out = res.output.decode(errors="replace")
-        if res.exit_code != 0:
-            raise AssertionError(f"{argv[:3]} exited {res.exit_code}: {out}")
-        return out
+    def py(self, code: str, *args: str, private_mounts: bool = False, timeout: float = 300) -> str:
+        """Run Python on the host inside the EPM's network namespace (RSWARM_NETNS: the EVMs' files)."""
+        return py_in_netns(self.pid, self.netns_dir, code, *args, private_mounts=private_mounts, timeout=timeout)
 
     def inspect(self) -> dict[str, Any]:
-        return json.loads(self.exec("python3", "-c", INSPECT))
+        return json.loads(self.py(INSPECT))
 
     def counts(self) -> dict[str, int]:
-        return json.loads(self.exec("python3", "-c", COUNT))
+        return json.loads(self.py(COUNT))
 
     def ping(self, src_seq: int, dst_ip: str) -> int:
-        return int(self.exec("python3", "-c", PING, f"rswevm-{src_seq}", dst_ip).strip())
+        return int(self.py(PING, f"rswevm-{src_seq}", dst_ip).strip())
 
     def in_evm(self, seq: int, code: str) -> str:
         """Run Python inside EVM ``seq``'s namespace (after setns) and return its output."""
-        prologue = (f"import ctypes, os; fd = os.open('/run/netns/rswevm-{seq}', os.O_RDONLY); "
-                    "assert ctypes.CDLL(None).setns(fd, 0x40000000) == 0\n")
-        return self.exec("python3", "-c", prologue + code)
+        prologue = ("import ctypes, os; fd = os.open(os.path.join(os.environ['RSWARM_NETNS'], "
+                    f"'rswevm-{seq}'), os.O_RDONLY); assert ctypes.CDLL(None).setns(fd, 0x40000000) == 0\n")
+        return self.py(prologue + code)
 
     def agent_pid(self) -> int | None:
-        """The host pid of the agent process (not its supervisor)."""
-        top = self.container.top(ps_args="-eo pid,args")
-        for pid, args in ((row[0], row[-1]) for row in top["Processes"]):
-            if "epm.agent" in args:
-                return int(pid)
-        return None
+        """The host pid of the node agent."""
+        return self.keeper.pid()
 
     def kill_agent(self) -> int:
         pid = self.agent_pid()
@@ -283,9 +329,10 @@ class EpmContainer:
         return int(cgroups.read(self.container.attrs["State"]["Pid"], "memory_usage"))
 
     def logs(self) -> str:
+        """The node agent's log (and its keeper's exit lines)."""
         try:
-            return self.container.logs(tail=40).decode(errors="replace")
-        except docker.errors.APIError:
+            return Path(self.keeper.log_path).read_text(errors="replace")[-8000:]
+        except OSError:
             return ""
 
     def close(self, drain_timeout: float = 1800.0) -> None:
@@ -300,6 +347,7 @@ class EpmContainer:
                 self.wait("the agent to drain", lambda: (self.status() or {}).get("drained"), drain_timeout)
         with contextlib.suppress(docker.errors.APIError):
             self.container.remove(force=True)
+        self.keeper.stop()
         self.link.close()
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -31,7 +31,7 @@ def test_every_import_contract_is_kept_on_this_tree() -> None:
 KNOTS = [
     ("the FrontEnd imports the JobManager", "FrontEnd/jobs.py", "import JobManager.manager",
      "Actors never import each other"),
-    ("Common imports the Worker's EPM image code", "Common/ops/cluster.py", "from Worker import epm_image",
+    ("Common imports the Worker's EVM code", "Common/ops/cluster.py", "from Worker import evms",
      "Common, the shared core, imports no actor"),
     ("Common's worker store imports the JobManager", "Common/store/workers.py", "import JobManager.manager",
      "Common, the shared core, imports no actor"),

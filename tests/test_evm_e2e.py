@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 import Management
 from Common import evmspec
 from tests.conftest import TEST_CLUSTER
-from tests.evm_harness import PING
+from tests.evm_harness import PING, nsfs_mounts, py_in_netns
 from tests.helpers import Api, containers_of, docker_client, wait_for
 
 pytestmark = [pytest.mark.system, pytest.mark.usefixtures("idle_cluster")]
@@ -55,15 +56,35 @@ def all_evms(api: Api, job_id: str, **params: Any) -> list[dict[str, Any]]:
             return items
 
 
-def exec_in(container: str, *argv: str) -> str:
-    res = docker_client().containers.get(container).exec_run(list(argv))
-    assert res.exit_code == 0, res.output
-    return res.output.decode()
+def netns_dir(container: str) -> Path:
+    """Where the local Worker's node agent mounts this EPM's EVM namespaces (Worker/epm/node.py)."""
+    return Path(os.environ["RSWARM_RUN_DIR"]) / "epm" / container / "netns"
 
 
 def netns_in(container: str) -> list[str]:
-    code = "import os, json; print(json.dumps(os.listdir('/run/netns')))"
-    return json.loads(exec_in(container, "python3", "-c", code))
+    """The EVM namespaces of an EPM, from the kernel's mount table."""
+    return nsfs_mounts(netns_dir(container))
+
+
+def py_in_epm(container: str, code: str, *args: str) -> str:
+    """Run Python on the host inside the EPM container's network namespace."""
+    pid = docker_client().api.inspect_container(container)["State"]["Pid"]
+    return py_in_netns(pid, netns_dir(container), code, *args)
+
+
+def node_agents() -> list[int]:
+    """The pids of the node EVM agents serving this test run's Worker."""
+    root = str(Path(os.environ["RSWARM_RUN_DIR"]) / "epm")
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                argv = (p / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"Worker.epm.node" in argv and root.encode() in argv:
+                out.append(int(p.name))
+    return out
 
 
 def test_evms_become_real_namespaces_and_follow_create_update_delete(api: Api, store, system) -> None:
@@ -89,7 +110,7 @@ def test_evms_become_real_namespaces_and_follow_create_update_delete(api: Api, s
     # Two EVMs of one EPM reach each other.
     a, b = [e for e in evms if e["epm"] == "e0"][:2]
     seq_a = int(a["id"].rsplit(".v", 1)[1])
-    assert exec_in(a["container"], "python3", "-c", PING, f"rswevm-{seq_a}", b["ip"]).strip() == "3"
+    assert py_in_epm(a["container"], PING, f"rswevm-{seq_a}", b["ip"]).strip() == "3"
 
     # UPDATE: labels.
     r = api.s.patch(f"{api.base}/jobs/{job_id}/evms/{a['id']}", json={"security_group": "sg-web"},
@@ -126,6 +147,58 @@ def test_evms_become_real_namespaces_and_follow_create_update_delete(api: Api, s
     wait_for("every EVM record DELETED", lambda: summary(api, job_id)["by_state"]["DELETED"] == 16, 60)
     epm_dirs = list((system.run_path / "epm").glob(f"rsw-{job_id}-*"))
     assert epm_dirs == []
+
+
+EVM_VIEW = r"""
+import ctypes, json, os
+from pyroute2 import IPRoute
+libc = ctypes.CDLL(None, use_errno=True)
+home = os.open('/proc/self/ns/net', os.O_RDONLY)
+NS = os.environ['RSWARM_NETNS']
+out = {}
+with IPRoute() as ipr:
+    out['epm'] = sorted(l.get_attr('IFLA_IFNAME') for l in ipr.get_links())
+for name in sorted(os.listdir(NS)):
+    fd = os.open(os.path.join(NS, name), os.O_RDONLY)
+    assert libc.setns(fd, 0x40000000) == 0
+    os.close(fd)
+    with IPRoute() as ipr:
+        eth0 = ipr.link('get', ifname='eth0')[0]
+        out[name] = [eth0.get_attr('IFLA_ADDRESS'), [a.get_attr('IFA_ADDRESS') for a in ipr.get_addr(family=2)
+                                                    if a['index'] == eth0['index']]]
+    assert libc.setns(home, 0x40000000) == 0
+print(json.dumps(out))
+"""
+CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
+
+
+def test_an_epm_naming_its_own_image_gets_its_evms_in_the_kernel_and_holds_no_network_privilege(api: Api) -> None:
+    command = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
+    job_id = api.submit(evm_job({"count": 5, "subnet": "10.89.0.0/24", "devices": "full"}, tasks=1,
+                                image="rswarm/task:1", command=command))
+    wait_ready(api, job_id, 5)
+    container = api.job(job_id)["tasks"]["e0"]["container_name"]
+    attrs = docker_client().api.inspect_container(container)
+    assert attrs["Config"]["Image"] == "rswarm/task:1" and attrs["Config"]["Cmd"] == command
+    host = attrs["HostConfig"]
+    assert not host.get("CapAdd") and not host.get("Devices") and not host.get("Binds") and not host["Privileged"]
+    status = dict(line.split(":\t", 1) for line in
+                  Path(f"/proc/{attrs['State']['Pid']}/status").read_text().splitlines() if ":\t" in line)
+    caps = int(status["CapEff"], 16)
+    assert not caps & (1 << CAP_NET_ADMIN) and not caps & (1 << CAP_SYS_ADMIN)
+
+    # Its EVMs, read from the kernel: namespaces mounted by the node agent, each with the recorded MAC and
+    # address on eth0, and their devices in the container's own network namespace.
+    evms = {f"rswevm-{int(e['id'].rsplit('.v', 1)[1])}": e for e in all_evms(api, job_id)}
+    assert netns_in(container) == sorted(evms)
+    view = json.loads(py_in_epm(container, EVM_VIEW))
+    for name, e in evms.items():
+        assert view[name] == [e["mac"], [e["ip"]]]
+        seq = name.removeprefix("rswevm-")
+        assert {f"rswv{seq}", f"rswt{seq}", f"rswb{seq}"} <= set(view["epm"])
+    api.delete(f"/jobs/{job_id}")
+    wait_for("the EPM to be removed", lambda: not containers_of(TEST_CLUSTER, job_id), 60)
+    wait_for("its EVM namespaces unmounted", lambda: netns_in(container) == [], 30)
 
 
 def test_distributions_match_their_definition(api: Api, store) -> None:
@@ -224,8 +297,7 @@ def test_an_agent_killed_mid_creation_converges_through_the_system(api: Api) -> 
     job_id = api.submit(evm_job({"count": n, "subnet": "10.87.0.0/22", "rate": {"kind": "rps", "rps": 60}}, tasks=1))
     wait_for("30 EVMs READY", lambda: summary(api, job_id)["ready"] >= 30, 120)
     container = api.job(job_id)["tasks"]["e0"]["container_name"]
-    top = docker_client().containers.get(container).top(ps_args="-eo pid,args")
-    pids = [int(row[0]) for row in top["Processes"] if "epm.agent" in row[-1]]
+    pids = node_agents()
     assert len(pids) == 1
     os.kill(pids[0], 9)
     s = wait_ready(api, job_id, n)

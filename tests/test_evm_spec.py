@@ -79,8 +79,8 @@ INVALID = [
     ("lean EPM over 1023 ports", job({"count": 2048, "subnet": "10.60.0.0/20", "devices": "lean"}), f"{E}.devices"),
     ("evms not an object", job([1]), E),  # type: ignore[arg-type]
     ("EPM memory too small", job(BASE, {"a": {"req_cores": 1, "mem_limit": "16m"}}), "job_info.tasks.a.mem_limit"),
-    ("EPM with another image", job(BASE, {"a": {"req_cores": 1, "image": "rswarm/task:1"}}), "job_info.tasks.a.image"),
-    ("EPM with a command", job(BASE, {"a": {"req_cores": 1, "command": "sleep 1"}}), "job_info.tasks.a.command"),
+    ("EPM with an environment", job(BASE, {"a": {"req_cores": 1, "environment": {"A": "1"}}}),
+     "job_info.tasks.a.environment"),
     ("task section beside the job's", job(BASE, {"a": {"req_cores": 1, "evms": {"count": 1}}}),
      "job_info.tasks.a.evms"),
     ("overlapping subnets within a job",
@@ -116,6 +116,14 @@ def test_valid_section_sizes_memory_and_plans_every_epm() -> None:
         assert t.mem_bytes == evmspec.epm_memory(500, "full") > 128 * 1024**2
         assert t.evms is not None and t.evms["rate"] == {"kind": "rps", "rps": 50.0, "burst": 1}
         assert t.evms["gateway"] == "10.60.0.1" and t.evms["prefix"] == 16
+
+
+def test_an_epm_task_may_name_its_image_and_command() -> None:
+    spec = validate_job(job(BASE, {"a": {"req_cores": 1, "image": "rswarm/task:1", "command": ["sleep", "1d"]},
+                                   "b": {"req_cores": 1}}), LIMITS)
+    by_name = {t.name: t for t in spec.tasks}
+    assert by_name["a"].image == "rswarm/task:1" and by_name["a"].command == ["sleep", "1d"]
+    assert by_name["a"].evms is not None and by_name["b"].image == evmspec.EPM_IMAGE
 
 
 def test_explicit_memory_that_suffices_is_kept() -> None:

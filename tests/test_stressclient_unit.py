@@ -57,7 +57,7 @@ def test_template_evms_become_the_jobs_evm_section_only_when_asked() -> None:
     off = Template.from_dict(raw).render(3)
     on = Template.from_dict(raw, with_evms=True).render(3)
     assert "evms" not in off["job_info"] and off["job_info"]["tasks"]["t1"]["command"] == ["sh", "-c", "sleep 2"]
-    # Every task an EPM: the EPM image (no image, no command), memory sized by the FrontEnd unless given.
+    # Every task an EPM: the default EPM image (no image, no command), memory sized by the FrontEnd unless given.
     assert on["job_info"]["evms"] == section and "evms" not in on
     assert on["job_info"]["tasks"] == {"t0": {"req_cores": 1}, "t1": {"req_cores": 1}}
     assert on["job_name"] == "stress-000003" and evm_count(on) == 4 and evm_count(off) == 0

@@ -1,4 +1,6 @@
-"""The EPM agent's loop: make the kernel hold exactly the EVMs the Worker's desired file lists.
+"""One EPM's agent loop: make the kernel hold exactly the EVMs the Worker's desired file lists.
+
+It runs as one thread of the node's EVM agent (Worker/epm/node.py), inside the EPM's network namespace.
 
 Level-triggered, like the Worker: each pass compares the desired set (the file, which mirrors MongoDB)
 with what the kernel holds (our namespaces and links, found by name), removes what should not exist,
@@ -6,9 +8,10 @@ creates what is missing at the batch's rate, and reports every outcome. At start
 half-made EVM a killed predecessor left, so a restarted agent converges. It re-reports an outcome when
 the file shows MongoDB still lags behind (a lost datagram), at most every ``RESEND_SECONDS``.
 
-Every kernel call is bounded: a watchdog thread ends the process when one takes longer than the
-file's ``op_timeout`` (a kernel call cannot be interrupted, a process can); the supervisor starts a
-fresh agent, which reconciles.
+Every kernel call is bounded: the node agent's watchdog ends the process when one takes longer than the
+file's ``op_timeout`` (a kernel call cannot be interrupted, a process can); the Worker starts a fresh
+node agent, which reconciles. The loop ends when the EPM's container process exits (``gone_fd``, a
+pidfd, becomes readable) or when ``stopping`` is set.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import contextlib
 import math
 import os
 import select
-import signal
 import socket
 import sys
 import threading
@@ -31,20 +33,23 @@ from .pacing import Pacer, pacer_for
 from .report import Reporter
 
 RESEND_SECONDS = 10.0
-STATUS_SECONDS = 1.0
-IDLE_WAIT = 0.5
+STATUS_SECONDS = 1.0  # a changed status is said at most this often,
+STATUS_IDLE_SECONDS = 3.0  # an unchanged one this often (the Worker takes one older than 5 s as stale)
+IDLE_WAIT = 1.0  # the Worker nudges the agent's socket on every change: polling is the fallback
 CREATE_SLICE = 0.25  # seconds of creating before looking at the desired file again
 EXIT_STUCK = 75
 
 
 def log(msg: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} epm-agent[{os.getpid()}] {msg}", file=sys.stderr, flush=True)
+    who = threading.current_thread().name
+    print(f"{time.strftime('%H:%M:%S')} epm-agent[{os.getpid()}] {who}: {msg}", file=sys.stderr, flush=True)
 
 
 class Agent:
-    def __init__(self, state_dir: str, kernel: Kernel) -> None:
+    def __init__(self, state_dir: str, kernel: Kernel, gone_fd: int | None = None) -> None:
         self.dir = state_dir
         self.kernel = kernel
+        self.gone_fd = gone_fd  # readable once the EPM's container process has exited
         self.path = os.path.join(state_dir, names.DESIRED_FILE)
         self.desired: Desired | None = None
         self.stamp: tuple[int, int, int] | None = None
@@ -58,8 +63,12 @@ class Agent:
         self.last_status = 0.0
         self.last_resend = -math.inf
         self.resent_for: tuple[int, int, int] | None = None
+        self.last_status_fields: dict[str, Any] = {}
         self.stopping = threading.Event()
         self.wake = self._bind_wake()
+        self._poll = select.poll()
+        self._poll.register(self.wake, select.POLLIN)
+        self._registered: set[int] = set()
 
     def _bind_wake(self) -> socket.socket:
         path = os.path.join(self.dir, names.AGENT_SOCK)
@@ -87,8 +96,13 @@ class Agent:
         return True
 
     def wait(self, seconds: float) -> None:
-        if seconds > 0:
-            select.select([self.wake], [], [], seconds)
+        # poll, not select: the node agent holds several descriptors per EPM, far beyond select's 1,024
+        if self.gone_fd is not None and self.gone_fd not in self._registered:
+            self._poll.register(self.gone_fd, select.POLLIN)
+            self._registered.add(self.gone_fd)
+        ready = self._poll.poll(max(0.0, seconds) * 1000)
+        if self.gone_fd is not None and any(fd == self.gone_fd for fd, _ in ready):
+            self.stopping.set()
         while True:  # take every pending nudge
             try:
                 self.wake.recv(64)
@@ -147,11 +161,13 @@ class Agent:
         if self.stamp != self.resent_for or now - self.last_resend >= STATUS_SECONDS:
             self.last_resend, self.resent_for = now, self.stamp
             self._resend(d)
-        if now - self.last_status >= STATUS_SECONDS:
-            self.last_status = now
+        fields = {"present": len(self.present), "queued": self.queued, "failed": len(self.failed),
+                  "drained": d.drain and not self.present}
+        since = now - self.last_status
+        if since >= STATUS_IDLE_SECONDS or (since >= STATUS_SECONDS and fields != self.last_status_fields):
+            self.last_status, self.last_status_fields = now, fields
             assert self.reporter is not None
-            self.reporter.status(present=len(self.present), queued=self.queued, failed=len(self.failed),
-                                 drained=d.drain and not self.present)
+            self.reporter.status(**fields)
 
     def _delete(self, d: Desired, keep: dict[int, Any]) -> None:
         doomed = sorted(s for s in self.present if s not in keep)
@@ -253,36 +269,4 @@ class Agent:
             self.wait(pause)
         if self.reporter is not None:
             self.reporter.close()
-
-    def watchdog(self) -> None:
-        while not self.stopping.wait(1.0):
-            busy = self.kernel.busy
-            limit = self.desired.op_timeout if self.desired else 20.0
-            if busy is not None and time.monotonic() - busy[1] > limit:
-                log(f"kernel call '{busy[0]}' has taken over {limit:g}s; exiting so that a fresh agent reconciles")
-                if self.reporter is not None:
-                    self.reporter.status(stuck=busy[0])
-                os._exit(EXIT_STUCK)
-
-
-def main() -> int:
-    state_dir = names.STATE_DIR
-    try:
-        kernel = Kernel()
-    except Exception as exc:
-        log(f"cannot open netlink or the namespace directory: {exc}")
-        return 2
-    agent = Agent(state_dir, kernel)
-    signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: agent.stopping.set())
-    threading.Thread(target=agent.watchdog, name="watchdog", daemon=True).start()
-    try:
-        agent.run()
-    except FatalError as exc:
-        log(f"fatal: {exc}")
-        return 3
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        self.wake.close()

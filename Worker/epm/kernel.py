@@ -1,6 +1,7 @@
 """One EVM's kernel objects, made and removed through pyroute2's netlink calls, in-process.
 
-An EVM is a named network namespace (/run/netns/rswevm-<n>, a bind mount of the namespace) holding
+An EVM is a named network namespace (``<netns_dir>/rswevm-<n>``, a bind mount of the namespace; the node
+agent gives each EPM its own directory on the host, Worker/epm/node.py) holding
 ``lo`` (up) and ``eth0`` (one end of a veth pair: its address and MAC, up, default route via the
 gateway). The other end, ``rswv<n>``, is in the EPM's own namespace:
 
@@ -99,8 +100,12 @@ def _make_tap(name: str) -> None:
 
 
 class Kernel:
-    def __init__(self) -> None:
-        os.makedirs(names.NETNS_DIR, exist_ok=True)
+    """The EVMs of the network namespace the constructing thread is in (its "home": the EPM's)."""
+
+    def __init__(self, netns_dir: str = names.NETNS_DIR, hostname: str | None = None) -> None:
+        self.netns_dir = netns_dir
+        self.hostname = hostname or socket.gethostname()
+        os.makedirs(netns_dir, exist_ok=True)
         self.home = os.open(nsfs.THREAD_NS, os.O_RDONLY | os.O_CLOEXEC)
         self.ipr = IPRoute()
         self.busy: tuple[str, float] | None = None
@@ -123,7 +128,7 @@ class Kernel:
         """Every EVM object of ours in the kernel, found by name (one link dump, one directory read)."""
         out = Scan()
         with self._op("scan"):
-            for entry in os.listdir(names.NETNS_DIR):
+            for entry in os.listdir(self.netns_dir):
                 seq = names.seq_of(entry, names.NS_PREFIX)
                 if seq is not None:
                     out.evms.setdefault(seq, Found()).ns = True
@@ -162,7 +167,7 @@ class Kernel:
 
     def host_info(self) -> dict[str, str]:
         """The EPM's own address and MAC on the job network (its eth0) and its host name."""
-        info = {"name": socket.gethostname()}
+        info = {"name": self.hostname}
         with self._op("host info"):
             try:
                 link = self.ipr.link("get", ifname="eth0")[0]
@@ -187,7 +192,7 @@ class Kernel:
 
     def create(self, seq: int, ip: str, mac: str, prefix: int, gateway: str, devices: str) -> None:
         """Make one EVM, completely or not at all (EvmError after rolling back)."""
-        path = names.ns_path(seq)
+        path = names.ns_path(seq, self.netns_dir)
         try:
             with self._op(f"create EVM {seq}"):
                 self._create(seq, path, ip, mac, prefix, gateway, devices)
@@ -277,7 +282,7 @@ class Kernel:
                     if exc.code != errno.ENODEV:  # nothing left in the group
                         raise
             for seq in seqs:
-                nsfs.detach(names.ns_path(seq))
+                nsfs.detach(names.ns_path(seq, self.netns_dir))
 
     def drop_shared_bridge(self) -> None:
         if self._shared is None:

@@ -10,12 +10,15 @@ import os
 
 FORMAT = 1  # of the desired file and of the reports
 
-STATE_DIR = os.environ.get("RSWARM_EPM_DIR", "/run/rswarm")  # the Worker's per-EPM directory, bind-mounted
 DESIRED_FILE = "desired.json"  # written by the Worker (atomically), read by the agent
 WORKER_SOCK = "worker.sock"  # datagram socket bound by the Worker: the agent's reports
 AGENT_SOCK = "agent.sock"  # datagram socket bound by the agent: the Worker's "look again" nudges
+TARGET_FILE = "target.json"  # written by the Worker once the container runs: {"pid", "id", "hostname"}
+NETNS_SUBDIR = "netns"  # the EVMs' namespace files, under the EPM's directory on the host
+NODE_SOCK = "node.sock"  # in the directory of all EPM directories: "a new EPM is there" nudges
+NODE_LOCK = ".agent.lock"  # held by the one node agent serving that directory
 
-NETNS_DIR = "/run/netns"
+NETNS_DIR = "/run/netns"  # the default of Kernel(netns_dir=...); the node agent gives each EPM its own
 NS_PREFIX = "rswevm-"
 VETH_PREFIX = "rswv"  # the EPM side of the EVM's veth pair (the EVM side is eth0 in its namespace)
 TAP_PREFIX = "rswt"
@@ -34,8 +37,8 @@ def ns_name(seq: int) -> str:
     return f"{NS_PREFIX}{seq}"
 
 
-def ns_path(seq: int) -> str:
-    return os.path.join(NETNS_DIR, ns_name(seq))
+def ns_path(seq: int, netns_dir: str = NETNS_DIR) -> str:
+    return os.path.join(netns_dir, ns_name(seq))
 
 
 def veth_name(seq: int) -> str:
