@@ -316,7 +316,12 @@ class EvmStore:
         """What the EPM's agent should hold: its live EVMs with their recorded state."""
         return list(self.col.find({"job_id": job_id, "epm": epm, "state": {"$in": LIVE}},
                                   {"_id": 0, "seq": 1, "ip": 1, "mac": 1, "batch": 1, "state": 1,
-                                   "delete_requested": 1, "attempt": 1}).sort("seq", ASCENDING))
+                                   "delete_requested": 1, "attempt": 1, "vpc": 1}).sort("seq", ASCENDING))
+
+    def vpc_members(self, job_id: str) -> list[dict[str, Any]]:
+        """Every live EVM of the job with its VPC, MAC and EPM: the VPC forwarding entries (Worker/evms.py)."""
+        return list(self.col.find({"job_id": job_id, "state": {"$in": LIVE}},
+                                  {"_id": 0, "mac": 1, "epm": 1, "vpc": 1}))
 
     def rates_for(self, job_id: str, epm: str) -> dict[str, dict[str, Any]]:
         return {d["batch"]: (d.get("rates") or {}).get(epm) or {"kind": "sequential"}
