@@ -276,11 +276,16 @@ class EvmStore:
         return {"requested": marked.modified_count, "deleted_at_once": done.modified_count}
 
     def patch_labels(self, eid: str, labels: dict[str, str]) -> dict[str, Any] | None:
-        return self.col.find_one_and_update(
+        doc = self.col.find_one_and_update(
             {"_id": eid, "state": {"$in": LIVE}},
             {"$set": {**labels, "updated_at": time.time()}},
             return_document=ReturnDocument.AFTER,
         )
+        if doc is not None and "vpc" in labels:
+            # The EPMs' VPC plugs and forwarding entries follow at once (Worker/evms.py polls ``gens``); the
+            # job-wide ``gen`` stays: the set itself did not change.
+            self.meta.update_one({"_id": doc["job_id"]}, {"$inc": {f"gens.{doc['epm']}": 1}})
+        return doc
 
     # ---- the Worker's side --------------------------------------------------------------------
     def bump(self, job_id: str, epms: list[str]) -> None:
