@@ -577,6 +577,14 @@ def test_evms_of_another_vpc_or_another_job_get_no_reply(cluster: Cluster, vpc_j
         assert not any(_ping_from(cluster, one, e, [o["ip"] for o in evms2]).values()), e
     for e in evms2:
         assert not any(_ping_from(cluster, two, e, [o["ip"] for o in a + b]).values()), e
+    # Relabelled into vpc-a (PATCH), an EVM of vpc-b reaches vpc-a and no longer the rest of vpc-b.
+    moved, rest = b[0], b[1:]
+    r = api.s.patch(f"{api.base}/jobs/{vpc_jobs['one']}/evms/{moved['id']}", json={"vpc": "vpc-a"},
+                    headers=api.headers(), timeout=30)
+    assert r.status_code == 200 and r.json()["vpc"] == "vpc-a", r.text
+    wait_for("the relabelled EVM to reach vpc-a", lambda: all(_ping_from(cluster, one, moved, [o["ip"] for o in a])
+                                                               .values()), 120, 1.0)
+    assert not any(_ping_from(cluster, one, moved, [o["ip"] for o in rest]).values())
 
 
 def test_group_migration_reports_per_item(cluster: Cluster) -> None:
