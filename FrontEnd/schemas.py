@@ -25,7 +25,7 @@ EVMS_SCHEMA = {
     "description": "EVMs (network namespaces) in the job's EPMs; see docs/evms.md. At job level (job_info.evms) "
                    "every task is an EPM and the EVMs are spread by `distribution`; on a task, that task is an "
                    "EPM holding `count` EVMs. EPM tasks run the EPM image (leave `image` out) and get memory "
-                   "sized from their EVMs (about 40 MiB + 256 KiB per EVM of the full set) unless mem_limit is "
+                   "sized from their EVMs (about 40 MiB + 320 KiB per EVM of the full set) unless mem_limit is "
                    "given, which must then be large enough.",
     "example": {"count": 100, "subnet": "10.60.0.0/24", "devices": "full", "distribution": "uniform",
                 "rate": {"kind": "rps", "rps": 50}},
