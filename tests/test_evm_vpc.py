@@ -5,6 +5,7 @@ The multi-node version through the whole system is in tests/test_cluster.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 
@@ -16,6 +17,7 @@ from tests.evm_harness import LABEL, EpmContainer, _owner, addresses, client, re
 from Worker import vpcs
 
 NET = f"rswevmtest-vpc{SLOT}"
+pytestmark = pytest.mark.system
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,7 @@ def network() -> Iterator[str]:
         old.remove()
     net = c.networks.create(NET, driver="bridge", internal=True, labels={LABEL: _owner()})
     yield NET
-    with __import__("contextlib").suppress(docker.errors.APIError):
+    with contextlib.suppress(docker.errors.APIError):
         net.remove()
 
 
