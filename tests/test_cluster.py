@@ -533,6 +533,7 @@ def vpc_jobs(cluster: Cluster) -> Iterator[dict]:
         assert len(drop) == 9
         assert api.delete(f"/jobs/{two}/evms?ids={','.join(drop)}").status_code == 202
         wait_ready(api, two, 3, timeout=120)
+        wait_for("job 2's dropped EVMs to be gone", lambda: len(_evms_by_name(api, two)) == 3, 120)
         yield {"one": one, "two": two}
     finally:
         for j in (one, two):
