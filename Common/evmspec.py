@@ -49,9 +49,10 @@ MAX_SKEW = 10.0
 MAX_SEED = 2**63 - 1
 
 # EPM memory: the agent's two Python processes (an idle EPM's cgroup holds ~30 MiB) plus what each EVM
-# charges to the EPM's memory cgroup, measured (BENCHMARKS.md "EVMs"): ~242 KiB full, ~166 KiB lean.
+# charges to the EPM's memory cgroup, measured (BENCHMARKS.md "EVMs"): ~242 KiB full, ~166 KiB lean; a
+# full-set EVM's plug into its VPC's bridge (a second veth pair, docs/evms.md) adds ~66 KiB: ~306 KiB.
 EPM_BASE_MEMORY = 40 * 1024**2
-EVM_MEMORY = {"full": 256 * 1024, "lean": 176 * 1024}
+EVM_MEMORY = {"full": 320 * 1024, "lean": 176 * 1024}
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 DEFAULT_LABEL = "default"

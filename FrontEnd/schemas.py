@@ -27,7 +27,7 @@ EVMS_SCHEMA = {
                    "EPM holding `count` EVMs. EPM tasks run the image and command they name (default: "
                    "rswarm/task:1 sleeping; the node's EVM agent makes the EVMs from outside, the EPM holds no "
                    "privilege) and get memory "
-                   "sized from their EVMs (about 40 MiB + 256 KiB per EVM of the full set) unless mem_limit is "
+                   "sized from their EVMs (about 40 MiB + 320 KiB per EVM of the full set) unless mem_limit is "
                    "given, which must then be large enough.",
     "example": {"count": 100, "subnet": "10.60.0.0/24", "devices": "full", "distribution": "uniform",
                 "rate": {"kind": "rps", "rps": 50}},

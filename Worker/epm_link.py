@@ -164,12 +164,14 @@ def read_meta(path: Path) -> dict[str, Any] | None:
 
 def desired_doc(job_id: str, epm: str, attempt: int, container: str, cfg: dict[str, Any],
                 records: list[dict[str, Any]], rates: dict[str, dict[str, Any]], drain: bool,
-                op_timeout: float) -> dict[str, Any]:
-    """The desired file's content for one EPM (see Worker/epm/desired.py for the format)."""
+                op_timeout: float, vpc: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The desired file's content for one EPM (see Worker/epm/desired.py for the format); ``vpc``: its
+    ``local_ip`` and ``vpcs`` (Worker/vpcs.py)."""
     return {
         "format": names.FORMAT, "job_id": job_id, "epm": epm, "attempt": attempt, "container": container,
         "devices": cfg["devices"], "prefix": cfg["prefix"], "gateway": cfg["gateway"], "drain": drain,
         "op_timeout": op_timeout, "rates": rates,
-        "evms": [[r["seq"], r["ip"], r["mac"], r["batch"], r["state"], bool(r.get("delete_requested"))]
+        "evms": [[r["seq"], r["ip"], r["mac"], r["batch"], r["state"], bool(r.get("delete_requested")), r.get("vpc")]
                  for r in records],
+        "local_ip": (vpc or {}).get("local_ip"), "vpcs": (vpc or {}).get("vpcs") or {},
     }

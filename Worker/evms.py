@@ -41,6 +41,7 @@ from Common.logs import Throttled
 from Common.messaging import Sender
 from Common.store import Store
 from Common.store.jobs import container_name
+from Worker import vpcs
 from Worker.epm.keeper import Keeper
 from Worker.epm_link import BadReport, EpmLink, desired_doc, parse_report, read_meta
 
@@ -95,6 +96,7 @@ class EvmSync:
         self._swept = False
         self._threads: list[threading.Thread] = []
         self.keeper = Keeper(str(self.root))
+        self._vpc_plans: dict[str, tuple[dict[str, int], float, dict[str, Any]]] = {}  # job -> (gens, at, plan)
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -155,13 +157,28 @@ class EvmSync:
     def write(self, tr: Tracked, force: bool = False) -> None:
         records = self.store.evms.for_epm(tr.job_id, tr.epm)
         rates = self.store.evms.rates_for(tr.job_id, tr.epm)
+        vpc = self._vpc_plan(tr.job_id).get(tr.epm)
         doc = desired_doc(tr.job_id, tr.epm, tr.attempt, tr.link.container, tr.cfg, records, rates,
-                          tr.drain_until is not None, self.cfg.worker.evm_op_timeout_seconds)
+                          tr.drain_until is not None, self.cfg.worker.evm_op_timeout_seconds, vpc)
         digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
         tr.written_at = time.monotonic()
         if force or digest != tr.digest:
             tr.link.write_desired(doc)
             tr.digest = digest
+
+    def _vpc_plan(self, job_id: str, gens: dict[str, int] | None = None) -> dict[str, Any]:
+        """The job's VPC plan (Worker/vpcs.py), computed once per change of its EVM set and at least every
+        resync period (an EPM's overlay address changes when it moves; no EVM generation records that)."""
+        if gens is None:
+            gens = self.store.evms.gens([job_id]).get(job_id, {})
+        cached = self._vpc_plans.get(job_id)
+        now = time.monotonic()
+        if cached and cached[0] == gens and now - cached[1] < self.cfg.worker.evm_resync_seconds:
+            return cached[2]
+        job = self.store.jobs.col.find_one({"_id": job_id}, {"tasks": 1}) or {"_id": job_id}
+        plan = vpcs.plan(job_id, self.store.evms.vpc_members(job_id), vpcs.epm_addresses(job))
+        self._vpc_plans[job_id] = (dict(gens), now, plan)
+        return plan
 
     def _syncer(self) -> None:
         failures = Throttled(log)  # every 0.5 s: MongoDB away must not write a traceback per pass
@@ -184,11 +201,16 @@ class EvmSync:
             if not tr.targeted:
                 self._target(tr)
         gens = self.store.evms.gens(sorted({tr.job_id for tr in tracked}))
+        for job_id in {tr.job_id for tr in tracked}:
+            self._vpc_plan(job_id, gens.get(job_id, {}))
+        for gone in set(self._vpc_plans) - {tr.job_id for tr in tracked}:
+            self._vpc_plans.pop(gone, None)
         now = time.monotonic()
         for tr in tracked:
             gen = gens.get(tr.job_id, {}).get(tr.epm, 0)
             stale = now - tr.written_at >= self.cfg.worker.evm_resync_seconds
-            if gen != tr.gen or stale:
+            plan = self._vpc_plans.get(tr.job_id)
+            if gen != tr.gen or stale or (plan is not None and plan[1] > tr.written_at):
                 tr.gen = gen
                 self.write(tr)
 

@@ -171,7 +171,7 @@ def addresses(n: int, subnet: str = "10.77.0.0/16", first: int = 1) -> list[tupl
 class EpmContainer:
     def __init__(self, devices: str = "full", mem: str = "256m", cpuset: str | None = None,
                  subnet: str = "10.77.0.0/16", op_timeout: float = 20.0, image: str = DEFAULT_IMAGE,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None, network: str | None = None) -> None:
         self.devices, self.subnet, self.op_timeout = devices, ipaddress.IPv4Network(subnet), op_timeout
         self.name = PREFIX + secrets.token_hex(4)
         self.root = Path(tempfile.mkdtemp(prefix=self.name + "-"))
@@ -183,6 +183,8 @@ class EpmContainer:
         self.batch_of: dict[int, str] = {}
         self.recorded: dict[int, str] = {}
         self.drain = False
+        self.vpc_of: dict[int, str] = {}  # EVM number -> its VPC
+        self.vpc: dict[str, Any] | None = None  # the desired file's local_ip and vpcs (Worker/vpcs.py's plan)
         self.written_at = 0.0
         self.reports: list[dict[str, Any]] = []
         self.bad: list[str] = []
@@ -196,7 +198,8 @@ class EpmContainer:
         self.container = self.docker.containers.run(
             image, command if command is not None else (DEFAULT_COMMAND if image == DEFAULT_IMAGE else None),
             name=self.name, detach=True, labels={LABEL: _owner()},
-            mem_limit=mem, memswap_limit=mem, network_mode="none", sysctls=EPM_SYSCTLS, **kwargs)
+            mem_limit=mem, memswap_limit=mem, network_mode="none" if network is None else None, network=network,
+            sysctls=EPM_SYSCTLS, **kwargs)
         self.container.reload()
         self.pid = int(self.container.attrs["State"]["Pid"])
         self.link.write_target(self.pid, self.container.id, self.container.attrs["Config"]["Hostname"])
@@ -209,12 +212,13 @@ class EpmContainer:
     def write(self) -> None:
         # Like the Worker: only live records (a DELETED one is gone from the desired set).
         records = [{"seq": s, "ip": ip, "mac": mac, "batch": self.batch_of.get(s, "b0"),
-                    "state": self.recorded.get(s, "PENDING"), "delete_requested": s in self.delete}
+                    "state": self.recorded.get(s, "PENDING"), "delete_requested": s in self.delete,
+                    "vpc": self.vpc_of.get(s)}
                    for s, (ip, mac) in sorted(self.evms.items()) if self.recorded.get(s) != "DELETED"]
         cfg = {"devices": self.devices, "prefix": self.subnet.prefixlen,
                "gateway": str(self.subnet.network_address + 1)}
         self.link.write_desired(desired_doc("harness", "epm", 0, self.name, cfg, records, self.rates, self.drain,
-                                            self.op_timeout))
+                                            self.op_timeout, self.vpc))
         self.written_at = time.monotonic()
 
     def want(self, evms: list[tuple[int, str, str]], batch: str = "b0", rate: dict[str, Any] | None = None) -> None:
@@ -303,6 +307,11 @@ class EpmContainer:
 
     def counts(self) -> dict[str, int]:
         return json.loads(self.py(COUNT))
+
+    def ip(self, network: str) -> str:
+        """The container's address on a Docker network."""
+        self.container.reload()
+        return self.container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
 
     def ping(self, src_seq: int, dst_ip: str) -> int:
         return int(self.py(PING, f"rswevm-{src_seq}", dst_ip).strip())

@@ -35,7 +35,8 @@ class FakeKernel:
     def host_info(self) -> dict[str, str]:
         return {"ip": "10.230.0.2", "mac": "02:42:0a:e6:00:02", "name": "epm"}
 
-    def create(self, seq: int, ip: str, mac: str, prefix: int, gateway: str, devices: str) -> None:
+    def create(self, seq: int, ip: str, mac: str, prefix: int, gateway: str, devices: str,
+               lean_master: int | None = None) -> None:
         if seq in self.fail:
             raise EvmError("OSError: [Errno 12] Cannot allocate memory")
         self.present.add(seq)

@@ -276,11 +276,16 @@ class EvmStore:
         return {"requested": marked.modified_count, "deleted_at_once": done.modified_count}
 
     def patch_labels(self, eid: str, labels: dict[str, str]) -> dict[str, Any] | None:
-        return self.col.find_one_and_update(
+        doc = self.col.find_one_and_update(
             {"_id": eid, "state": {"$in": LIVE}},
             {"$set": {**labels, "updated_at": time.time()}},
             return_document=ReturnDocument.AFTER,
         )
+        if doc is not None and "vpc" in labels:
+            # The EPMs' VPC plugs and forwarding entries follow at once (Worker/evms.py polls ``gens``); the
+            # job-wide ``gen`` stays: the set itself did not change.
+            self.meta.update_one({"_id": doc["job_id"]}, {"$inc": {f"gens.{doc['epm']}": 1}})
+        return doc
 
     # ---- the Worker's side --------------------------------------------------------------------
     def bump(self, job_id: str, epms: list[str]) -> None:
@@ -316,7 +321,12 @@ class EvmStore:
         """What the EPM's agent should hold: its live EVMs with their recorded state."""
         return list(self.col.find({"job_id": job_id, "epm": epm, "state": {"$in": LIVE}},
                                   {"_id": 0, "seq": 1, "ip": 1, "mac": 1, "batch": 1, "state": 1,
-                                   "delete_requested": 1, "attempt": 1}).sort("seq", ASCENDING))
+                                   "delete_requested": 1, "attempt": 1, "vpc": 1}).sort("seq", ASCENDING))
+
+    def vpc_members(self, job_id: str) -> list[dict[str, Any]]:
+        """Every live EVM of the job with its VPC, MAC and EPM: the VPC forwarding entries (Worker/evms.py)."""
+        return list(self.col.find({"job_id": job_id, "state": {"$in": LIVE}},
+                                  {"_id": 0, "mac": 1, "epm": 1, "vpc": 1}))
 
     def rates_for(self, job_id: str, epm: str) -> dict[str, dict[str, Any]]:
         return {d["batch"]: (d.get("rates") or {}).get(epm) or {"kind": "sequential"}

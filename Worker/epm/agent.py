@@ -26,11 +26,14 @@ import threading
 import time
 from typing import Any
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from . import names
 from .desired import BadDesired, Desired, load, stamp
 from .kernel import BATCH_FULL, BATCH_LEAN, EvmError, FatalError, Kernel
 from .pacing import Pacer, pacer_for
 from .report import Reporter
+from .vpc import VpcNet
 
 RESEND_SECONDS = 10.0
 STATUS_SECONDS = 1.0  # a changed status is said at most this often,
@@ -69,6 +72,9 @@ class Agent:
         self._poll = select.poll()
         self._poll.register(self.wake, select.POLLIN)
         self._registered: set[int] = set()
+        self.vpc: VpcNet | None = None  # taken over at the first desired file that names VPCs
+        self.vpc_dirty = True  # the VPC devices and plugs are to be made what the desired file says
+        self.vpc_full: set[int] = set()  # VNIs whose bridge ran out of ports (said once)
 
     def _bind_wake(self) -> socket.socket:
         path = os.path.join(self.dir, names.AGENT_SOCK)
@@ -93,6 +99,7 @@ class Agent:
             return False
         if self.reporter is not None:
             self.reporter.attempt = self.desired.attempt
+        self.vpc_dirty = True
         return True
 
     def wait(self, seconds: float) -> None:
@@ -130,7 +137,7 @@ class Agent:
         assert d is not None
         self.reporter = Reporter(self.dir, d.attempt, self.kernel.host_info())
         scan = self.kernel.scan()
-        complete = {s for s, f in scan.evms.items() if f.complete(d.devices, scan.shared_bridge)}
+        complete = {s for s, f in scan.evms.items() if f.complete(d.devices, scan.shared_bridge, scan.vpc_bridges)}
         broken = sorted(set(scan.evms) - complete)
         if broken:
             log(f"rolling back {len(broken)} half-made EVMs left by an earlier agent")
@@ -155,6 +162,7 @@ class Agent:
         self._delete(d, keep)
         if self.stopping.is_set():
             return
+        self._apply_vpcs(d, keep)
         self._create(d, keep)
         now = time.monotonic()
         # _resend walks every EVM held: on each new desired file (what shows MongoDB lagging), else once a second
@@ -183,6 +191,9 @@ class Agent:
                 log(f"deleting EVMs {batch[0]}..{batch[-1]} failed: {type(exc).__name__}: {exc}")
                 return
             at, ms = time.time(), (time.monotonic() - t0) * 1000 / len(batch)
+            if self.vpc is not None:
+                self.vpc.forget(batch)
+                self.vpc_dirty = True
             for seq in batch:
                 del self.present[seq]
                 if not d.drain:  # a drained EPM is going away: its EVMs' records are closed by the Worker
@@ -196,6 +207,24 @@ class Agent:
                 self.report(seq, "DELETED", {"DELETED": time.time()})
         if d.devices == "lean" and not self.present and not keep:
             self.kernel.drop_shared_bridge()
+
+    def _apply_vpcs(self, d: Desired, keep: dict[int, Any]) -> None:
+        """VPC bridges, VXLAN devices and their forwarding entries, and each present EVM's plug (vpc.py)."""
+        if not self.vpc_dirty or (self.vpc is None and not d.vpcs):
+            return
+        try:
+            if self.vpc is None:
+                vpc = VpcNet(self.kernel)
+                vpc.start(d.local_ip)  # VXLAN devices are made afresh, from the file, by apply
+                self.kernel.evm_mtu = vpc.mtu
+                self.vpc = vpc
+            self.vpc.apply(d.vpcs, {s: w.vpc for s, w in keep.items()}, set(self.present), d.devices)
+        except FatalError:
+            raise
+        except Exception as exc:  # tried again on the next pass
+            log(f"VPC devices: {type(exc).__name__}: {exc}")
+            return
+        self.vpc_dirty = False
 
     def _create(self, d: Desired, keep: dict[int, Any]) -> None:
         queue = [w for s, w in keep.items() if s not in self.present and s not in self.failed]
@@ -225,9 +254,23 @@ class Agent:
         started = time.time()
         # DEPLOYING: when this agent took the EVM on; already said if it had to wait (see _accept).
         first = {} if w.seq in self.sent else {"DEPLOYING": started}
+        vpc = self.vpc
+        vni = d.vni(w.seq) if vpc is not None else None
         try:
-            self.kernel.create(w.seq, w.ip, w.mac, d.prefix, d.gateway, d.devices)
-        except EvmError as exc:
+            master = None
+            if vni is not None and vpc is not None and vpc.full(vni):
+                self._report_full(vni)
+                vni = None  # made unplugged (a lean one on the shared bridge)
+            if vpc is not None and vni is not None and d.devices == "lean":
+                with self.kernel._op("VPC bridge"):
+                    master = vpc.bridge(vni)  # a lean EVM is made straight into its VPC's bridge
+            self.kernel.create(w.seq, w.ip, w.mac, d.prefix, d.gateway, d.devices, master)
+            if vpc is not None and vni is not None:
+                if master is not None:
+                    vpc.record(w.seq, vni)
+                else:
+                    self._plug(vpc, w.seq, vni, d.devices)
+        except (EvmError, NetlinkError) as exc:
             self.failed[w.seq] = str(exc)
             ended = time.time()
             self.report(w.seq, "ERROR", {**first, "ERROR": ended}, (ended - started) * 1000, str(exc))
@@ -236,6 +279,19 @@ class Agent:
             ended = time.time()
             self.present[w.seq] = ended
             self.report(w.seq, "READY", {**first, "READY": ended}, (ended - started) * 1000)
+
+    def _report_full(self, vni: int) -> None:
+        if vni not in self.vpc_full:
+            self.vpc_full.add(vni)
+            log(f"the bridge of VNI {vni} has no port left: further EVMs of that VPC stay unplugged")
+
+    def _plug(self, vpc: VpcNet, seq: int, vni: int, devices: str) -> None:
+        try:
+            with self.kernel._op(f"plug EVM {seq}"):
+                vpc.plug(seq, vni, devices)
+        except NetlinkError as exc:  # the EVM exists; its plug is made again by the next VPC pass
+            log(f"plugging EVM {seq} into VNI {vni} failed: {exc}")
+            self.vpc_dirty = True
 
     def _accept(self, waiting: list[Any]) -> None:
         """EVMs this agent holds in its queue (paced, or behind others) are DEPLOYING, said once."""

@@ -3,10 +3,14 @@
     {"format": 1, "job_id": "...", "epm": "t1", "attempt": 0, "container": "rsw-...", "devices": "full",
      "prefix": 24, "gateway": "10.60.0.1", "drain": false, "op_timeout": 20,
      "rates": {"b0": {"kind": "rps", "rps": 50.0, "burst": 1}},
-     "evms": [[seq, ip, mac, batch, recorded_state, delete_requested], ...]}
+     "evms": [[seq, ip, mac, batch, recorded_state, delete_requested, vpc], ...],
+     "local_ip": "10.0.1.3", "vpcs": {"vpc-1": {"vni": 4711, "peers": ["10.0.1.4"], "macs": [[mac, ip]]}}}
 
 ``evms`` lists the EPM's live EVMs as MongoDB records them: those to hold, and (delete_requested) those
-to remove. ``drain`` asks for everything to be removed before the Worker removes the container.
+to remove; ``vpc`` (optional) is the EVM's VPC. ``vpcs`` (optional) gives each VPC of the EPM its VNI,
+the peer EPMs holding it and the remote EVMs' MACs with their EPM's address; ``local_ip`` is the EPM's
+own address on the job network (Worker/epm/vpc.py). ``drain`` asks for everything to be removed before
+the Worker removes the container.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import names
+from .vpc import VpcWant
+
+MAX_VNI = 2**24 - 1
 
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 STATES = {"PENDING", "DEPLOYING", "READY", "ERROR", "DELETED"}
@@ -33,6 +40,7 @@ class Want:
     batch: str
     recorded: str
     delete: bool
+    vpc: str | None = None
 
 
 @dataclass
@@ -48,6 +56,8 @@ class Desired:
     op_timeout: float = 20.0
     rates: dict[str, dict[str, Any]] = field(default_factory=dict)
     evms: dict[int, Want] = field(default_factory=dict)
+    vpcs: dict[str, VpcWant] = field(default_factory=dict)
+    local_ip: str | None = None
 
     # keep() and deleting() are asked on every pass of the agent and the file only changes when it is
     # loaded again: computed once per load (sorting 15,000 EVMs four times a second was O(n) per pass).
@@ -66,6 +76,12 @@ class Desired:
         if self._deleting is None:
             self._deleting = {w.seq for w in self.evms.values() if w.delete}
         return self._deleting
+
+    def vni(self, seq: int) -> int | None:
+        """The VNI of the VPC this EVM belongs to (None: no VPC connectivity for it)."""
+        w = self.evms.get(seq)
+        v = self.vpcs.get(w.vpc) if w is not None and w.vpc is not None else None
+        return None if v is None else v.vni
 
 
 class BadDesired(ValueError):
@@ -105,17 +121,45 @@ def parse(doc: Any) -> Desired:
     raw = doc.get("evms")
     _need(isinstance(raw, list), "evms must be a list")
     for item in raw:
-        _need(isinstance(item, list) and len(item) == 6, "each EVM is [seq, ip, mac, batch, state, delete]")
-        seq, ip, mac, batch, state, delete = item
+        _need(isinstance(item, list) and len(item) in (6, 7), "each EVM is [seq, ip, mac, batch, state, delete, vpc?]")
+        seq, ip, mac, batch, state, delete = item[:6]
+        vpc = item[6] if len(item) == 7 else None
+        _need(vpc is None or isinstance(vpc, str), f"bad VPC for {seq}")
         _need(isinstance(seq, int) and 1 <= seq <= names.MAX_SEQ, f"bad EVM number {seq!r}")
         _need(_ipv4(ip), f"bad address {ip!r} for {seq}")
         _need(isinstance(mac, str) and bool(MAC.match(mac)), f"bad MAC {mac!r}")
         _need(isinstance(batch, str) and isinstance(state, str) and state in STATES, f"bad batch/state for {seq}")
         _need(isinstance(delete, bool), f"bad delete flag for {seq}")
-        evms[seq] = Want(seq, ip, mac, batch, state, delete)
+        evms[seq] = Want(seq, ip, mac, batch, state, delete, vpc)
+    vpcs = _parse_vpcs(doc.get("vpcs") or {})
+    local_ip = doc.get("local_ip")
+    if local_ip is not None:
+        ipaddress.IPv4Address(local_ip)
     return Desired(job_id=doc["job_id"], epm=doc["epm"], attempt=doc["attempt"], container=doc["container"],
                    devices=doc["devices"], prefix=doc["prefix"], gateway=doc["gateway"], drain=bool(doc.get("drain")),
-                   op_timeout=float(timeout), rates=rates, evms=evms)
+                   op_timeout=float(timeout), rates=rates, evms=evms, vpcs=vpcs, local_ip=local_ip)
+
+
+def _parse_vpcs(raw: Any) -> dict[str, VpcWant]:
+    _need(isinstance(raw, dict), "vpcs must be an object")
+    out: dict[str, VpcWant] = {}
+    vnis: set[int] = set()
+    for name, v in raw.items():
+        _need(isinstance(v, dict), f"vpcs.{name} must be an object")
+        vni = v.get("vni")
+        _need(isinstance(vni, int) and not isinstance(vni, bool) and 1 <= vni <= MAX_VNI and vni not in vnis,
+              f"vpcs.{name}.vni must be a distinct integer 1..{MAX_VNI}")
+        vnis.add(vni)
+        peers, macs = v.get("peers") or [], v.get("macs") or []
+        _need(isinstance(peers, list) and isinstance(macs, list), f"vpcs.{name}: peers and macs must be lists")
+        for p in peers:
+            ipaddress.IPv4Address(p)
+        for m in macs:
+            _need(isinstance(m, list) and len(m) == 2 and isinstance(m[0], str) and bool(MAC.match(m[0])),
+                  f"vpcs.{name}.macs: each is [mac, ip]")
+            ipaddress.IPv4Address(m[1])
+        out[name] = VpcWant(vni, frozenset(peers), {m[0]: m[1] for m in macs})
+    return out
 
 
 def load(path: str) -> Desired:

@@ -72,12 +72,13 @@ class Found:
     tap: Link | None = None
     bridge: Link | None = None
 
-    def complete(self, devices: str, shared: int | None) -> bool:
+    def complete(self, devices: str, shared: int | None, vpc_bridges: frozenset[int] = frozenset()) -> bool:
         v = self.veth
         if not self.ns or v is None or not v.up or v.group == names.DOOMED_GROUP:
             return False
-        if devices == "lean":
-            return shared is not None and v.master == shared and self.tap is None and self.bridge is None
+        if devices == "lean":  # a port of the shared bridge or of a VPC's bridge (vpc.py)
+            return ((shared is not None and v.master == shared) or v.master in vpc_bridges) and \
+                self.tap is None and self.bridge is None
         b, t = self.bridge, self.tap
         return (b is not None and t is not None and v.master == b.index and t.master == b.index
                 and b.group != names.DOOMED_GROUP)
@@ -87,6 +88,7 @@ class Found:
 class Scan:
     evms: dict[int, Found] = field(default_factory=dict)
     shared_bridge: int | None = None
+    vpc_bridges: frozenset[int] = frozenset()
     other_links: int = 0
 
 
@@ -110,6 +112,7 @@ class Kernel:
         self.ipr = IPRoute()
         self.busy: tuple[str, float] | None = None
         self._shared: int | None = None
+        self.evm_mtu: int | None = None  # the EVMs' eth0 MTU, set from the VPC underlay's (vpc.py)
 
     def close(self) -> None:
         self.ipr.close()
@@ -127,6 +130,7 @@ class Kernel:
     def scan(self) -> Scan:
         """Every EVM object of ours in the kernel, found by name (one link dump, one directory read)."""
         out = Scan()
+        vpc_bridges: set[int] = set()
         with self._op("scan"):
             for entry in os.listdir(self.netns_dir):
                 seq = names.seq_of(entry, names.NS_PREFIX)
@@ -141,6 +145,8 @@ class Kernel:
                 if name == names.SHARED_BRIDGE:
                     out.shared_bridge = link.index
                     continue
+                if names.seq_of(name, names.VPC_BRIDGE_PREFIX) is not None:
+                    vpc_bridges.add(link.index)
                 for prefix, attr in ((names.VETH_PREFIX, "veth"), (names.TAP_PREFIX, "tap"),
                                      (names.BRIDGE_PREFIX, "bridge")):
                     seq = names.seq_of(name, prefix)
@@ -150,6 +156,7 @@ class Kernel:
                 else:
                     out.other_links += 1
         self._shared = out.shared_bridge
+        out.vpc_bridges = frozenset(vpc_bridges)
         return out
 
     def _dump_links(self) -> Iterator[ifinfmsg]:
@@ -190,12 +197,14 @@ class Kernel:
             self._shared = self.ipr.link("get", ifname=names.SHARED_BRIDGE)[0]["index"]
         return self._shared
 
-    def create(self, seq: int, ip: str, mac: str, prefix: int, gateway: str, devices: str) -> None:
-        """Make one EVM, completely or not at all (EvmError after rolling back)."""
+    def create(self, seq: int, ip: str, mac: str, prefix: int, gateway: str, devices: str,
+               lean_master: int | None = None) -> None:
+        """Make one EVM, completely or not at all (EvmError after rolling back). ``lean_master``: the
+        bridge a lean EVM is a port of (its VPC's, vpc.py), instead of the shared one."""
         path = names.ns_path(seq, self.netns_dir)
         try:
             with self._op(f"create EVM {seq}"):
-                self._create(seq, path, ip, mac, prefix, gateway, devices)
+                self._create(seq, path, ip, mac, prefix, gateway, devices, lean_master)
         except FatalError:
             raise
         except Exception as exc:
@@ -206,7 +215,8 @@ class Kernel:
                 detail += f" (rollback incomplete: {undo})"
             raise EvmError(detail) from None
 
-    def _create(self, seq: int, path: str, ip: str, mac: str, prefix: int, gateway: str, devices: str) -> None:
+    def _create(self, seq: int, path: str, ip: str, mac: str, prefix: int, gateway: str, devices: str,
+                lean_master: int | None = None) -> None:
         os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
         nsipr = None
         nsfs.unshare_net()
@@ -231,16 +241,17 @@ class Kernel:
                 _make_tap(names.tap_name(seq))
                 self.ipr.link("set", ifname=names.tap_name(seq), master=master, state="up")
             else:
-                master = self._shared_bridge()
+                master = lean_master or self._shared_bridge()
             # The pair is made from inside the EVM: eth0 there (index 2 in a fresh namespace, its MAC, up),
             # its peer straight into the EPM's namespace.
             # One queue each way on both ends: with the kernel's default (a queue per possible CPU) the pair
             # is shrunk to its peer's one real queue after registration, one RCU grace period per EVM
             # (synchronize_net in netif_set_real_num_tx_queues, sampled in /proc/PID/stack).
+            mtu = {"mtu": self.evm_mtu} if self.evm_mtu else {}
             nsipr.link("add", ifname=names.EVM_IFNAME, index=EVM_IFINDEX, kind="veth", address=mac, state="up",
                        num_tx_queues=1, num_rx_queues=1,
                        peer={"ifname": names.veth_name(seq), "net_ns_fd": self.home,
-                             "num_tx_queues": 1, "num_rx_queues": 1})
+                             "num_tx_queues": 1, "num_rx_queues": 1, **mtu}, **mtu)
             nsipr.link("set", index=1, state="up")
             nsipr.addr("add", index=EVM_IFINDEX, address=ip, prefixlen=prefix)
             nsipr.route("add", dst="0.0.0.0/0", gateway=gateway)
@@ -264,7 +275,8 @@ class Kernel:
                 found = scan.evms.get(seq) if scan is not None else None
                 for name, link in ((names.veth_name(seq), found.veth if found else True),
                                    (names.tap_name(seq), found.tap if found else True),
-                                   (names.bridge_name(seq), found.bridge if found else True)):
+                                   (names.bridge_name(seq), found.bridge if found else True),
+                                   (names.uplink_name(seq), True)):  # a full EVM's plug into its VPC
                     if not link:
                         continue
                     try:

@@ -25,6 +25,10 @@ TAP_PREFIX = "rswt"
 BRIDGE_PREFIX = "rswb"
 SHARED_BRIDGE = "rswbr0"  # lean device set: every EVM's veth is a port of this one bridge
 EVM_IFNAME = "eth0"
+VPC_BRIDGE_PREFIX = "rswp"  # a VPC's bridge in the EPM, by VNI (Worker/epm/vpc.py)
+VXLAN_PREFIX = "rswx"  # a VPC's VXLAN device, by VNI
+UPLINK_PREFIX = "rswu"  # full set: the port of the EVM's own bridge towards its VPC's bridge ...
+VPC_PORT_PREFIX = "rswo"  # ... and its peer, the port of the VPC's bridge
 DOOMED_GROUP = 0x72737701  # links being deleted together (one RTM_DELLINK for the whole group)
 
 # EPM-side links get fixed interface indexes derived from the EVM number, so no lookup is needed to
@@ -51,6 +55,14 @@ def tap_name(seq: int) -> str:
 
 def bridge_name(seq: int) -> str:
     return f"{BRIDGE_PREFIX}{seq}"
+
+
+def uplink_name(seq: int) -> str:
+    return f"{UPLINK_PREFIX}{seq}"
+
+
+def vpc_port_name(seq: int) -> str:
+    return f"{VPC_PORT_PREFIX}{seq}"
 
 
 def bridge_index(seq: int) -> int:
