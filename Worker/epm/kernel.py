@@ -167,7 +167,10 @@ class Kernel:
         longer than the op timeout while it kept making progress, and a restarted agent then died in its
         start-up scan again and again.
         """
-        with IPRoute(nlm_generator=True) as dumper:
+        with IPRoute() as dumper:
+            # A generator, not a tuple: pyroute2 0.9.7's synchronous nlm_request decides by this socket's
+            # status['nlm_generator'], which its constructor no longer sets (a KeyError otherwise).
+            dumper.status["nlm_generator"] = True
             msg = ifinfmsg()
             msg["family"] = socket.AF_UNSPEC
             yield from dumper.nlm_request(msg, msg_type=RTM_GETLINK, msg_flags=NLM_F_REQUEST | NLM_F_DUMP)
