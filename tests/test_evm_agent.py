@@ -111,7 +111,7 @@ def test_full_set_bridges_do_not_snoop_so_the_epm_joins_no_multicast_group_per_e
         evms = addresses(5, "10.78.1.0/24")
         e.want(evms)
         e.wait_states([s for s, _, _ in evms], "READY")
-        seen = json.loads(e.exec("python3", "-c", IGMP))
+        seen = json.loads(e.py(IGMP))
         assert seen["snooping"] == {f"rswb{s}": "0" for s, _, _ in evms}
         assert seen["groups"] == ["010000E0"]  # only all-hosts (224.0.0.1), which is never reported
 
