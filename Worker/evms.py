@@ -1,9 +1,10 @@
 """The Worker's EVM side: each EPM's directory, desired-EVM file and reports, kept in step with MongoDB.
 
 For every EPM container on this node (a task whose document carries ``evms``) the Worker
-  * runs the node's EVM agent (Worker/epm/node.py, kept alive by Worker/epm/keeper.py): one process for
-    all EPMs of the node, which enters each EPM's network namespace; the EPM container holds no agent
-    and no capability, and runs the image the task names (default: ``DEFAULT_IMAGE`` sleeping);
+  * runs the node's EVM agent (Worker/epm/node.py, kept alive by Worker/epm/keeper.py) from its first
+    EPM on: one process for all EPMs of the node, which enters each EPM's network namespace; the EPM
+    container holds no agent and no capability, and runs the image the task names (default:
+    ``DEFAULT_IMAGE`` sleeping);
   * before creating the container: opens the EPM's directory, re-binds the EPM's EVM records to this
     attempt, and writes the desired file the agent starts from;
   * once it runs: writes ``target.json`` (its PID 1, id, host name) so the node agent serves it;
@@ -100,7 +101,6 @@ class EvmSync:
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.keeper.start()
         for target, name in ((self._relay, "evm-relay"), (self._syncer, "evm-sync")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -140,6 +140,8 @@ class EvmSync:
     def track(self, job_id: str, epm: str, t: dict[str, Any]) -> Tracked:
         cname = container_name(job_id, epm, t["attempt"])
         with self.lock:
+            if not self.stopping.is_set():
+                self.keeper.start()  # the node's EVM agent, from this node's first EPM on (idempotent)
             tr = self.tracked.get(cname)
             if tr is None:
                 link = EpmLink(self.root, cname)

@@ -219,7 +219,14 @@ def docker_alone(placement: list[list[str]], parallel: int, mem: int) -> dict[st
         with lock:
             made.append((eng, c["Id"]))
 
-    items = [(i, k) for i, nodes in enumerate(placement) for k in range(len(nodes))]
+    # Interleaved across the nodes (the system's Workers start their nodes' EPMs at the same time too):
+    # the i-th container of every node, then the (i+1)-th, ...
+    per_node: dict[str, list[tuple[int, int]]] = {}
+    for i, nodes in enumerate(placement):
+        for k, node in enumerate(nodes):
+            per_node.setdefault(node, []).append((i, k))
+    queues = list(per_node.values())
+    items = [q[r] for r in range(max(len(q) for q in queues)) for q in queues if r < len(q)]
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         list(pool.map(one, items))
