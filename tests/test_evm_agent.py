@@ -96,13 +96,18 @@ def test_evms_are_complete_namespaces_with_unique_addresses(devices: str) -> Non
 
 
 IGMP = r"""
-import json, os
-snoop = {n: open(f'/sys/class/net/{n}/bridge/multicast_snooping').read().strip()
-         for n in os.listdir('/sys/class/net') if n.startswith('rswb')}
+import json
+from pyroute2 import IPRoute
+snoop = {}
+with IPRoute() as ipr:
+    for link in ipr.get_links():
+        name = link.get_attr('IFLA_IFNAME')
+        if name.startswith('rswb'):
+            data = link.get_attr('IFLA_LINKINFO').get_attr('IFLA_INFO_DATA')
+            snoop[name] = str(data.get_attr('IFLA_BR_MCAST_SNOOPING'))
 groups = sorted({line.split()[0] for line in open('/proc/net/igmp') if line.startswith('\t')})
 print(json.dumps({'snooping': snoop, 'groups': groups}))
 """
-
 
 def test_full_set_bridges_do_not_snoop_so_the_epm_joins_no_multicast_group_per_evm() -> None:
     # A snooping bridge joins 224.0.0.106, and every IGMPv3 report for it walked all of the EPM's
