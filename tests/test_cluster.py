@@ -529,7 +529,7 @@ def _ping_all(cluster: Cluster, job: dict, evms: list[dict]) -> dict[str, dict[s
     return {e["ip"]: _ping_from(cluster, job, e, [o["ip"] for o in evms if o is not e]) for e in evms}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def vpc_jobs(cluster: Cluster) -> Iterator[dict]:
     """Job 1: 3 full-set EPMs, one per node (2 + 2 + 1 cores fill the first two nodes), 6 EVMs in vpc-a and
     3 in vpc-b. Job 2: one lean EPM on the third node, its EVMs in a VPC also named vpc-a, with addresses
@@ -569,48 +569,52 @@ def vpc_jobs(cluster: Cluster) -> Iterator[dict]:
                 api.wait_state(j, "CANCELLED", timeout=180)
 
 
-def test_every_evm_of_a_vpc_pings_every_other_across_three_epms_on_three_nodes(cluster: Cluster,
-                                                                                vpc_jobs: dict) -> None:
-    api = cluster.api
-    job = api.job(vpc_jobs["one"])
-    assert len({t["node"] for t in job["tasks"].values()}) == 3, {n: t["node"] for n, t in job["tasks"].items()}
-    evms = list(_evms_by_name(api, vpc_jobs["one"]).values())
-    for vpc, n in (("vpc-a", 6), ("vpc-b", 3)):
-        members = [e for e in evms if e["vpc"] == vpc]
-        assert len(members) == n and len({e["epm"] for e in members}) == 3, members
-        # Every pair answers (retried while the EPMs learn each other's overlay addresses).
-        wait_for(f"every EVM of {vpc} to answer every other",
-                 lambda m=members: all(all(r.values()) for r in _ping_all(cluster, job, m).values()), 120, 1.0)
+class TestVpcConnectivity:
+    """Both tests share the VPC jobs, which hold all of the cluster's cores: they are cancelled when the
+    class ends, before the module's next tests need the cores."""
+
+    def test_every_evm_of_a_vpc_pings_every_other_across_three_epms_on_three_nodes(self, cluster: Cluster,
+                                                                                    vpc_jobs: dict) -> None:
+        api = cluster.api
+        job = api.job(vpc_jobs["one"])
+        assert len({t["node"] for t in job["tasks"].values()}) == 3, {n: t["node"] for n, t in job["tasks"].items()}
+        evms = list(_evms_by_name(api, vpc_jobs["one"]).values())
+        for vpc, n in (("vpc-a", 6), ("vpc-b", 3)):
+            members = [e for e in evms if e["vpc"] == vpc]
+            assert len(members) == n and len({e["epm"] for e in members}) == 3, members
+            # Every pair answers (retried while the EPMs learn each other's overlay addresses).
+            wait_for(f"every EVM of {vpc} to answer every other",
+                     lambda m=members: all(all(r.values()) for r in _ping_all(cluster, job, m).values()), 120, 1.0)
 
 
-def test_evms_of_another_vpc_or_another_job_get_no_reply(cluster: Cluster, vpc_jobs: dict) -> None:
-    api = cluster.api
-    one, two = api.job(vpc_jobs["one"]), api.job(vpc_jobs["two"])
-    evms1 = list(_evms_by_name(api, vpc_jobs["one"]).values())
-    evms2 = list(_evms_by_name(api, vpc_jobs["two"]).values())
-    a = [e for e in evms1 if e["vpc"] == "vpc-a"]
-    b = [e for e in evms1 if e["vpc"] == "vpc-b"]
-    # The fabric is up (as the test above checks): the answers below are missing for isolation only.
-    wait_for("vpc-a to answer", lambda: all(all(r.values()) for r in _ping_all(cluster, one, a).values()), 120, 1.0)
-    wait_for("job 2's EVMs to answer each other",
-             lambda: all(all(r.values()) for r in _ping_all(cluster, two, evms2).values()), 120, 1.0)
-    # vpc-a <-> vpc-b of the same job, both ways, across EPMs and within each EPM.
-    for e in a + b:
-        others = [o["ip"] for o in (b if e in a else a)]
-        assert not any(_ping_from(cluster, one, e, others).values()), e
-    # Job 1 <-> job 2 (same subnet, a VPC of the same name, on-link addresses), both ways.
-    for e in a + b:
-        assert not any(_ping_from(cluster, one, e, [o["ip"] for o in evms2]).values()), e
-    for e in evms2:
-        assert not any(_ping_from(cluster, two, e, [o["ip"] for o in a + b]).values()), e
-    # Relabelled into vpc-a (PATCH), an EVM of vpc-b reaches vpc-a and no longer the rest of vpc-b.
-    moved, rest = b[0], b[1:]
-    r = api.s.patch(f"{api.base}/jobs/{vpc_jobs['one']}/evms/{moved['id']}", json={"vpc": "vpc-a"},
-                    headers=api.headers(), timeout=30)
-    assert r.status_code == 200 and r.json()["vpc"] == "vpc-a", r.text
-    wait_for("the relabelled EVM to reach vpc-a", lambda: all(_ping_from(cluster, one, moved, [o["ip"] for o in a])
-                                                               .values()), 120, 1.0)
-    assert not any(_ping_from(cluster, one, moved, [o["ip"] for o in rest]).values())
+    def test_evms_of_another_vpc_or_another_job_get_no_reply(self, cluster: Cluster, vpc_jobs: dict) -> None:
+        api = cluster.api
+        one, two = api.job(vpc_jobs["one"]), api.job(vpc_jobs["two"])
+        evms1 = list(_evms_by_name(api, vpc_jobs["one"]).values())
+        evms2 = list(_evms_by_name(api, vpc_jobs["two"]).values())
+        a = [e for e in evms1 if e["vpc"] == "vpc-a"]
+        b = [e for e in evms1 if e["vpc"] == "vpc-b"]
+        # The fabric is up (as the test above checks): the answers below are missing for isolation only.
+        wait_for("vpc-a to answer", lambda: all(all(r.values()) for r in _ping_all(cluster, one, a).values()), 120, 1.0)
+        wait_for("job 2's EVMs to answer each other",
+                 lambda: all(all(r.values()) for r in _ping_all(cluster, two, evms2).values()), 120, 1.0)
+        # vpc-a <-> vpc-b of the same job, both ways, across EPMs and within each EPM.
+        for e in a + b:
+            others = [o["ip"] for o in (b if e in a else a)]
+            assert not any(_ping_from(cluster, one, e, others).values()), e
+        # Job 1 <-> job 2 (same subnet, a VPC of the same name, on-link addresses), both ways.
+        for e in a + b:
+            assert not any(_ping_from(cluster, one, e, [o["ip"] for o in evms2]).values()), e
+        for e in evms2:
+            assert not any(_ping_from(cluster, two, e, [o["ip"] for o in a + b]).values()), e
+        # Relabelled into vpc-a (PATCH), an EVM of vpc-b reaches vpc-a and no longer the rest of vpc-b.
+        moved, rest = b[0], b[1:]
+        r = api.s.patch(f"{api.base}/jobs/{vpc_jobs['one']}/evms/{moved['id']}", json={"vpc": "vpc-a"},
+                        headers=api.headers(), timeout=30)
+        assert r.status_code == 200 and r.json()["vpc"] == "vpc-a", r.text
+        wait_for("the relabelled EVM to reach vpc-a", lambda: all(_ping_from(cluster, one, moved, [o["ip"] for o in a])
+                                                                   .values()), 120, 1.0)
+        assert not any(_ping_from(cluster, one, moved, [o["ip"] for o in rest]).values())
 
 
 def test_group_migration_reports_per_item(cluster: Cluster) -> None:
