@@ -48,6 +48,16 @@ def log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} epm-agent[{os.getpid()}] {who}: {msg}", file=sys.stderr, flush=True)
 
 
+def bind_datagram(path: str) -> socket.socket:
+    """A non-blocking unix datagram socket bound at ``path`` (a stale socket file there is replaced)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    sock.bind(path)
+    sock.setblocking(False)
+    return sock
+
+
 class Agent:
     def __init__(self, state_dir: str, kernel: Kernel, gone_fd: int | None = None) -> None:
         self.dir = state_dir
@@ -77,13 +87,7 @@ class Agent:
         self.vpc_full: set[int] = set()  # VNIs whose bridge ran out of ports (said once)
 
     def _bind_wake(self) -> socket.socket:
-        path = os.path.join(self.dir, names.AGENT_SOCK)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        sock.bind(path)
-        sock.setblocking(False)
-        return sock
+        return bind_datagram(os.path.join(self.dir, names.AGENT_SOCK))
 
     # ---- the desired file ---------------------------------------------------------------------
     def refresh(self) -> bool:

@@ -39,7 +39,7 @@ import time
 from typing import Any
 
 from . import names, nsfs
-from .agent import EXIT_STUCK, Agent, log
+from .agent import EXIT_STUCK, Agent, bind_datagram, log
 from .kernel import FatalError, Kernel
 
 SCAN_SECONDS = 2.0  # the directory is read again at least this often (the Worker nudges NODE_SOCK)
@@ -173,13 +173,7 @@ class Node:
         self.sock = self._bind()
 
     def _bind(self) -> socket.socket:
-        path = os.path.join(self.root, names.NODE_SOCK)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        sock.bind(path)
-        sock.setblocking(False)
-        return sock
+        return bind_datagram(os.path.join(self.root, names.NODE_SOCK))
 
     def scan(self) -> None:
         now = time.monotonic()
