@@ -104,6 +104,9 @@ class Template:
     with_evms: bool = False
     _memory: Any = field(default=None, repr=False)
     _explicit_memory: bool = field(default=True, repr=False)
+    # What an EPM task takes from the template: only what it names itself (an EPM runs the default EPM
+    # image and command otherwise; ``duration`` never applies to an EPM, which lives until its job ends).
+    _explicit_epm: frozenset[str] = field(default=frozenset(), repr=False)
 
     @classmethod
     def load(cls, path: str | Path | None, with_evms: bool = False) -> Template:
@@ -167,7 +170,7 @@ class Template:
         env = spec.get("environment") or {}
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             raise TemplateError(f"{w}: environment maps names to strings")
-        tpl = cls(spec, source, with_evms, memory, "memory" in raw)
+        tpl = cls(spec, source, with_evms, memory, "memory" in raw, frozenset({"image", "command"} & set(raw)))
         if with_evms and spec.get("evms") is not None:
             _validate(tpl.render(0), source)
         return tpl
@@ -200,8 +203,11 @@ class Template:
             command = [a.replace("{duration}", dur_text) for a in cmd]
         task: dict[str, Any] = {"image": image, "command": command, "req_cores": cores, "mem_limit": mem_text}
         epms = self.with_evms and s.get("evms") is not None
-        if epms:  # an EPM runs the default EPM image (rswarm/task:1 sleeping); memory sized from its EVMs unless given
-            task = {"req_cores": cores, **({"mem_limit": mem_text} if self._explicit_memory else {})}
+        if epms:  # an EPM runs the default EPM image (rswarm/task:1 sleeping) unless the template names its own
+            # image or command; memory is sized from its EVMs unless given
+            task = {"req_cores": cores, **({"mem_limit": mem_text} if self._explicit_memory else {}),
+                    **({"image": image} if "image" in self._explicit_epm else {}),
+                    **({"command": command} if "command" in self._explicit_epm else {})}
         if s.get("environment"):
             task["environment"] = dict(s["environment"])
         body: dict[str, Any] = {

@@ -102,13 +102,13 @@ def rss_in_hosts(match: bytes | None = None) -> tuple[int, int]:
     return n, total
 
 
-def wait(check: Any, what: str, timeout: float) -> Any:
+def wait(check: Any, what: str, timeout: float, every: float = 1.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
-        time.sleep(1.0)
+        time.sleep(every)
     raise SystemExit(f"timed out waiting for {what}")
 
 
@@ -135,33 +135,35 @@ class Api:
 
 
 def system_run(api: Api, jobs: int, per_job: int) -> dict[str, Any]:
+    """Submit the jobs, then poll the job list (one request every 2 s: polling each job would load the
+    2-vCPU machine the engines share) until every task is RUNNING. Times are the system's own: the
+    first submission's wall clock to the latest task's RUNNING time (``state_times``)."""
     ids: list[str] = []
-    t0 = time.monotonic()
+    t0_wall, t0 = time.time(), time.monotonic()
     for i in range(jobs):
         ids.append(api.submit({"job_name": f"dens{i}", "job_info": {
             "evms": {"count": per_job, "subnet": "10.70.0.0/24", "devices": "lean"},
             "tasks": {f"e{k}": {"req_cores": 1, "mem_limit": EPM_MEMORY} for k in range(per_job)}}}))
     submitted = time.monotonic() - t0
     n = jobs * per_job
-    state: dict[str, Any] = {"running": set(), "ready": set()}
+    views: dict[str, dict[str, Any]] = {}
 
     def all_running() -> bool:
-        for j in ids:
-            if j in state["running"]:
+        for job in api.get("/jobs", params={"limit": 500})["items"]:
+            if job["id"] not in ids:
                 continue
-            job = api.get(f"/jobs/{j}")
             if job["state"] in ("FAILED", "CANCELLED"):
-                raise SystemExit(f"job {j} ended {job['state']}")
-            if all(t["state"] == "RUNNING" for t in job["tasks"].values()):
-                state["running"].add(j)
-        return len(state["running"]) == len(ids)
+                raise SystemExit(f"job {job['id']} ended {job['state']}")
+            views[job["id"]] = job
+        return len(views) == len(ids) and all(t["state"] == "RUNNING" for j in views.values()
+                                               for t in j["tasks"].values())
 
-    wait(all_running, f"{n} EPMs RUNNING", 3600)
-    running = time.monotonic() - t0
-    placement = []
-    for j in ids:
-        tasks = api.get(f"/jobs/{j}")["tasks"]
-        placement.append([tasks[f"e{k}"].get("node") or "" for k in range(per_job)])
+    wait(all_running, f"{n} EPMs RUNNING", 3600, every=2.0)
+    running_times = sorted(t["state_times"]["RUNNING"] - t0_wall for j in views.values()
+                           for t in j["tasks"].values())
+    running = running_times[-1]
+    placement = [[views[j]["tasks"][f"e{k}"].get("node") or "" for k in range(per_job)] for j in ids]
+    state: dict[str, Any] = {"ready": set()}
 
     def all_ready() -> bool:
         for j in ids:
@@ -173,11 +175,15 @@ def system_run(api: Api, jobs: int, per_job: int) -> dict[str, Any]:
                     state["ready"].add(j)
         return len(state["ready"]) == len(ids)
 
-    wait(all_ready, f"{n} EVMs READY", 1800)
+    wait(all_ready, f"{n} EVMs READY", 1800, every=2.0)
     ready = time.monotonic() - t0
+    tenths = [running_times[min(n - 1, (n * k) // 10 - 1)] for k in range(1, 11)]
     return {"ids": ids, "placement": placement, "epms": n, "submit_s": submitted,
             "first_submit_to_all_running_s": running, "first_submit_to_all_evms_ready_s": ready,
-            "epms_per_s": n / running}
+            "epms_per_s": n / running,
+            # EPMs/s within each tenth of the EPMs (by RUNNING time): a rate that falls with the count shows
+            "epms_per_s_by_tenth": [round((n / 10) / (b - a), 2) if b > a else None
+                                    for a, b in zip([0.0, *tenths[:-1]], tenths, strict=True)]}
 
 
 def engines() -> tuple[docker.APIClient, list[tuple[str, docker.APIClient]]]:
@@ -192,7 +198,7 @@ def engines() -> tuple[docker.APIClient, list[tuple[str, docker.APIClient]]]:
     return manager, workers
 
 
-def docker_alone(placement: list[list[str]], parallel: int, mem: int) -> dict[str, Any]:
+def docker_alone(placement: list[list[str]], parallel: int, mem: int, remove: bool = False) -> dict[str, Any]:
     """The same containers, started by Docker alone on the nodes the system put them on: per job an
     attachable overlay (made by the first of its containers to need it), then its containers created and
     started, ``parallel`` containers in flight."""
@@ -202,6 +208,7 @@ def docker_alone(placement: list[list[str]], parallel: int, mem: int) -> dict[st
     job_locks = [threading.Lock() for _ in placement]
     nets: dict[int, str] = {}
     made: list[tuple[docker.APIClient, str]] = []
+    done: list[float] = []
 
     def one(item: tuple[int, int]) -> None:
         i, k = item
@@ -218,6 +225,7 @@ def docker_alone(placement: list[list[str]], parallel: int, mem: int) -> dict[st
         eng.start(c["Id"])
         with lock:
             made.append((eng, c["Id"]))
+            done.append(time.monotonic() - t0)
 
     # Interleaved across the nodes (the system's Workers start their nodes' EPMs at the same time too):
     # the i-th container of every node, then the (i+1)-th, ...
@@ -231,9 +239,25 @@ def docker_alone(placement: list[list[str]], parallel: int, mem: int) -> dict[st
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         list(pool.map(one, items))
     elapsed = time.monotonic() - t0
-    out = {"containers": len(items), "elapsed_s": elapsed, "containers_per_s": len(items) / elapsed,
+    n = len(items)
+    done.sort()
+    tenths = [done[min(n - 1, (n * k) // 10 - 1)] for k in range(1, 11)]
+    out = {"containers": n, "elapsed_s": elapsed, "containers_per_s": n / elapsed,
+           "containers_per_s_by_tenth": [round((n / 10) / (b - a), 2) if b > a else None
+                                         for a, b in zip([0.0, *tenths[:-1]], tenths, strict=True)],
            "parallel": parallel, "placed_as_the_system": sum(1 for i, k in items if placement[i][k] in by_node)}
-    return out  # its containers and networks go with the cluster (`cluster down`)
+    if remove:  # run first: its containers and networks go before the system's run (not timed)
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            list(pool.map(lambda ec: ec[0].remove_container(ec[1], force=True), made))
+        for net in nets.values():
+            manager.remove_network(net)
+    return out  # otherwise its containers and networks go with the cluster (`cluster down`)
+
+
+def round_robin(workers: list[str], jobs: int, per_job: int) -> list[list[str]]:
+    """Each job on one node, the jobs dealt to the nodes in turn (the system's packing also puts each of
+    these jobs on one node, as evenly as its cores allow)."""
+    return [[workers[i % len(workers)]] * per_job for i in range(jobs)]
 
 
 def main() -> int:
@@ -244,6 +268,10 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=8, help="Docker alone: containers started at a time")
     ap.add_argument("--settle", type=float, default=30.0, help="seconds between all READY and the memory reading")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--baseline-first", action="store_true",
+                    help="Docker alone first, on the fresh cluster (each job on one node, in turn), its containers "
+                         "then removed; the system's run follows (by default Docker alone runs after it, beside "
+                         "the system's idle EPMs, on the nodes the system chose)")
     args = ap.parse_args()
     if not (1 <= args.workers <= 8 and 1 <= args.jobs <= 200 and 1 <= args.per_job <= 20):
         ap.error("--workers 1..8, --jobs 1..200, --per-job 1..20")
@@ -257,6 +285,13 @@ def main() -> int:
                    "--subnet", "10.95.0.0/24", "--images", DEFAULT_IMAGE], env)
             api = Api(env)
             time.sleep(10)
+            base = None
+            if args.baseline_first and not args.no_baseline:
+                names = sorted(name for name, _ in engines()[1])
+                base = docker_alone(round_robin(names, args.jobs, args.per_job), args.parallel, 48 * 2**20,
+                                    remove=True)
+                print(json.dumps(base), flush=True)
+                time.sleep(10)
             mem0 = mem_available()
             agents0, workers0, hosts0 = (rss_in_hosts(b"Worker.epm.node"), rss_in_hosts(b"-m\x00Worker\x00"),
                                          rss_in_hosts())
@@ -281,8 +316,7 @@ def main() -> int:
             print(json.dumps(density), flush=True)
             # The EPMs stay (idle) while Docker alone runs: removing 1,000 containers takes the loaded
             # engines longer than the whole measurement; `cluster down` removes everything afterwards.
-            base = None
-            if not args.no_baseline:
+            if base is None and not args.no_baseline:
                 base = docker_alone(res["placement"], args.parallel, int(mem))
                 print(json.dumps(base), flush=True)
         finally:
