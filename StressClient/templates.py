@@ -10,9 +10,9 @@ integers for integer fields, whole MiB for memory) or ``{"choice": [..]}``. ``co
 a list of strings, where ``{duration}`` is replaced by the drawn duration) overrides ``duration``,
 which otherwise runs ``sleep <duration>``. ``network`` becomes ``job_info.network``; ``evms`` is the
 job's EVM section (docs/evms.md), sent as ``job_info.evms`` when the run asks for it (``--evms``): every
-task is then an EPM (the default EPM image and command; ``mem_limit`` only when the template gives ``memory``,
-else the FrontEnd sizes it from the EVMs), and job 0 is checked by the FrontEnd's own validator when
-the template is loaded.
+task is then an EPM (the template's ``image`` and ``command`` if it names them, else the EPM defaults;
+``mem_limit`` only when the template gives ``memory``, else the FrontEnd sizes it from the EVMs), and
+job 0 is checked by the FrontEnd's own validator when the template is loaded.
 
 A template may also be a plain job definition, exactly what ``POST /api/v1/jobs`` takes (it has a
 ``job_info``): every job of the run is that job, named ``<job_name or "job">-<index>``.

@@ -57,12 +57,17 @@ def test_template_evms_become_the_jobs_evm_section_only_when_asked() -> None:
     off = Template.from_dict(raw).render(3)
     on = Template.from_dict(raw, with_evms=True).render(3)
     assert "evms" not in off["job_info"] and off["job_info"]["tasks"]["t1"]["command"] == ["sh", "-c", "sleep 2"]
-    # Every task an EPM: the default EPM image (no image, no command), memory sized by the FrontEnd unless given.
+    # Every task an EPM: the command the template names (no image named: the default EPM image; duration never
+    # applies to an EPM), memory sized by the FrontEnd unless given.
     assert on["job_info"]["evms"] == section and "evms" not in on
-    assert on["job_info"]["tasks"] == {"t0": {"req_cores": 1}, "t1": {"req_cores": 1}}
+    assert on["job_info"]["tasks"] == {f"t{k}": {"req_cores": 1, "command": ["sh", "-c", "sleep 2"]} for k in (0, 1)}
+    bare = Template.from_dict({"tasks": 1, "duration": 2, "evms": section}, with_evms=True).render(0)
+    assert bare["job_info"]["tasks"] == {"t0": {"req_cores": 1}}
+    named = Template.from_dict({"tasks": 1, "image": "busybox:1", "evms": section}, with_evms=True).render(0)
+    assert named["job_info"]["tasks"] == {"t0": {"req_cores": 1, "image": "busybox:1"}}
     assert on["job_name"] == "stress-000003" and evm_count(on) == 4 and evm_count(off) == 0
     sized = Template.from_dict({**raw, "memory": "128m"}, with_evms=True).render(0)
-    assert sized["job_info"]["tasks"]["t0"] == {"req_cores": 1, "mem_limit": "128m"}
+    assert sized["job_info"]["tasks"]["t0"] == {"req_cores": 1, "mem_limit": "128m", "command": ["sh", "-c", "sleep 2"]}
     shipped = Template.load(TEMPLATES / "epm-evms.json", with_evms=True).render(0)
     assert evm_count(shipped) == 8 and set(shipped["job_info"]["tasks"]) == {"t0", "t1"}
     job = {"job_name": "vms", "job_info": {"evms": {"count": 5, "subnet": "10.61.0.0/24",
