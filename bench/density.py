@@ -40,6 +40,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import cpu_by_process  # noqa: E402
 from Common.ops.emulated import SOCK_ROOT  # noqa: E402
 from Common.ops.emulated import remove as remove_hosts  # noqa: E402
 from Worker.evms import DEFAULT_COMMAND, DEFAULT_IMAGE  # noqa: E402
@@ -235,17 +236,21 @@ def docker_alone(placement: list[list[str]], parallel: int, mem: int, remove: bo
             per_node.setdefault(node, []).append((i, k))
     queues = list(per_node.values())
     items = [q[r] for r in range(max(len(q) for q in queues)) for q in queues if r < len(q)]
+    cpu0, m0 = cpu_by_process.snapshot(), cpu_by_process.machine()
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         list(pool.map(one, items))
     elapsed = time.monotonic() - t0
+    cpu = {"cpu_s_by_process": cpu_by_process.delta(cpu0, cpu_by_process.snapshot()),
+           "cpu_s_machine": {k: round(v - m0[k], 1) for k, v in cpu_by_process.machine().items()}}
     n = len(items)
     done.sort()
     tenths = [done[min(n - 1, (n * k) // 10 - 1)] for k in range(1, 11)]
     out = {"containers": n, "elapsed_s": elapsed, "containers_per_s": n / elapsed,
            "containers_per_s_by_tenth": [round((n / 10) / (b - a), 2) if b > a else None
                                          for a, b in zip([0.0, *tenths[:-1]], tenths, strict=True)],
-           "parallel": parallel, "placed_as_the_system": sum(1 for i, k in items if placement[i][k] in by_node)}
+           "parallel": parallel, "placed_as_the_system": sum(1 for i, k in items if placement[i][k] in by_node),
+           **cpu}
     if remove:  # run first: its containers and networks go before the system's run (not timed)
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             list(pool.map(lambda ec: ec[0].remove_container(ec[1], force=True), made))
@@ -295,7 +300,11 @@ def main() -> int:
             mem0 = mem_available()
             agents0, workers0, hosts0 = (rss_in_hosts(b"Worker.epm.node"), rss_in_hosts(b"-m\x00Worker\x00"),
                                          rss_in_hosts())
+            cpu0, m0 = cpu_by_process.snapshot(), cpu_by_process.machine()
             res = system_run(api, args.jobs, args.per_job)
+            # CPU from the first submission until every task was seen RUNNING (and its EVMs READY)
+            res["cpu_s_by_process"] = cpu_by_process.delta(cpu0, cpu_by_process.snapshot())
+            res["cpu_s_machine"] = {k: round(v - m0[k], 1) for k, v in cpu_by_process.machine().items()}
             print(json.dumps({k: v for k, v in res.items() if k not in ("ids", "placement")}), flush=True)
             nodes = sorted({node for job in res["placement"] for node in job})
             print(json.dumps({"nodes": {node: sum(job.count(node) for job in res["placement"]) for node in nodes},

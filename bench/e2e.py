@@ -6,7 +6,9 @@
    sequentially, N times. The system's submit → all EPMs running is compared with it.
 2. Latency: for each job shape TASKS@RATE (default 4@1: 4-task jobs of 1-core tasks at 1 job/s) a
    steady load for --seconds; submit → all EPMs (tasks) running p50/p90/p99. A shape the cluster can
-   never run is probed once (the FrontEnd's 422 is printed) and skipped.
+   never run is probed once (the FrontEnd's 422 is printed) and skipped. With --open-loop-tag TAG,
+   Docker alone also runs under the same open load on the engines of the emulated cluster TAG
+   (docker_open_loop): the bound the engines themselves put on the shape.
 3. Throughput: 1-task jobs that exit at once, at increasing rates; the highest EPM start rate the
    system sustains — every arrival started, and submit → running not trending upwards (least-squares
    slope over the second half below --max-trend s/s; a growing queue shows as a positive slope).
@@ -89,6 +91,67 @@ def docker_baseline(tasks: int, n: int, cores: int) -> list[float]:
     return out
 
 
+def docker_open_loop(tag: str, tasks: int, rate: float, seconds: float, task_seconds: float) -> dict[str, Any]:
+    """Docker alone under the same open load as the system, on an emulated cluster's engines (``Management.py
+    cluster up --tag TAG``): a job arrives every 1/rate s; each makes an attachable overlay on the manager,
+    then creates and starts its ``tasks`` pinned containers (sleep ``task_seconds``) on one worker (the
+    workers in turn), its seconds counted from its scheduled arrival to its last start; once they exit they
+    are removed, and the network with them. Every job runs in its own thread, as the system's Workers work in
+    parallel. The latency trend (least-squares slope over the second half) shows a growing backlog."""
+    import threading
+
+    import docker
+
+    from Common.ops.emulated import SOCK_ROOT
+
+    root = SOCK_ROOT / tag
+    manager = docker.APIClient(base_url=f"unix://{root}/rswc-{tag}-m/docker.sock", timeout=300)
+    workers = [docker.APIClient(base_url=f"unix://{d / 'docker.sock'}", timeout=300)
+               for d in sorted(root.iterdir()) if d.name.startswith(f"rswc-{tag}-w")]
+    label = {BASELINE_LABEL: f"open-{int(time.time())}"}
+    n = max(1, round(rate * seconds))
+    lat: list[float | None] = [None] * n
+    errors: list[str] = []
+    t0 = time.monotonic() + 1.0
+
+    def job(i: int) -> None:
+        at = t0 + i / rate
+        time.sleep(max(0.0, at - time.monotonic()))
+        eng = workers[i % len(workers)]
+        name = f"rswbench-open-{label[BASELINE_LABEL]}-{i}"
+        ids = []
+        try:
+            manager.create_network(name, driver="overlay", attachable=True, labels=label)
+            for k in range(tasks):
+                hc = eng.create_host_config(cpuset_cpus=str(k % 2), mem_limit=64 * 2**20, memswap_limit=64 * 2**20,
+                                            network_mode=name)
+                c = eng.create_container("rswarm/task:1", command=["sleep", f"{task_seconds:g}"], name=f"{name}-t{k}",
+                                         host_config=hc, labels=label, detach=True)
+                ids.append(c["Id"])
+                eng.start(c["Id"])
+            lat[i] = time.monotonic() - at
+            for cid in ids:
+                eng.wait(cid, timeout=300)
+        except Exception as exc:  # counted, and the run goes on
+            errors.append(f"job {i}: {exc}")
+        finally:
+            for cid in ids:
+                _quietly(lambda cid=cid: eng.remove_container(cid, force=True))
+            _quietly(lambda: manager.remove_network(name))
+
+    threads = [threading.Thread(target=job, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=seconds + 600)
+    done = [(i / rate, v) for i, v in enumerate(lat) if v is not None]
+    half = [(x, y) for x, y in done if x >= seconds / 2]
+    trend = float(np.polyfit([x for x, _ in half], [y for _, y in half], 1)[0]) if len(half) >= 3 else None
+    vals = [v for _, v in done]
+    return {"jobs": n, "started": len(vals), "errors": errors[:5], "n_errors": len(errors), "trend_s_per_s": trend,
+            **{f"p{q}": float(np.percentile(vals, q)) if vals else None for q in (50, 90, 99)}}
+
+
 def run_load(fe: FrontEnd, name: str, template: Template, rate: float, seconds: float, out: Path, seed: int,
              drain: float) -> dict[str, Any]:
     offsets = generators.schedule("steady", {"rate": rate}, seed, seconds)
@@ -143,11 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", type=rates, default=[0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0],
                    help="EPM start rates to try with 1-task jobs, stopping after two unsustained ones "
                         "(default 0.25,0.5,0.75,1,1.5,2,3,4,5)")
+    p.add_argument("--no-sweep", action="store_true", help="latency runs only")
     p.add_argument("--sweep-seconds", type=positive, default=30.0, help="length of each sweep run (default 30)")
     p.add_argument("--max-trend", type=positive, default=0.05,
                    help="a rate is sustained while submit→running grows slower than this, s/s (default 0.05)")
     p.add_argument("--baseline-n", type=int, default=20, help="Docker baseline repetitions (default 20)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--open-loop-tag", help="also run Docker alone under the same open load, on the engines of the "
+                                           "emulated cluster brought up with this --tag (docker_open_loop)")
     p.add_argument("--out", help="results folder (default bench/results/e2e-TIMESTAMP)")
     args = p.parse_args(argv)
     args.template = None
@@ -181,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         while time.monotonic() < deadline and fe.job(probe.body["id"]).body.get("state") not in report_terminal:
             time.sleep(0.2)
         base = docker_baseline(tasks, args.baseline_n, biggest)
+        open_loop = None
+        if args.open_loop_tag:
+            open_loop = docker_open_loop(args.open_loop_tag, tasks, rate, args.seconds, args.task_seconds)
+            print(f"\nDocker alone, open loop, {tasks} containers per job at {rate:g} job/s on the cluster's engines: "
+                  f"{json.dumps(open_loop)}")
         data = run_load(fe, f"latency-{tasks}x1-at-{rate:g}", tpl, rate, args.seconds, out, args.seed,
                         drain=120 + args.seconds)
         s = data["summary"]
@@ -200,9 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  trend {trend if trend is None else round(trend, 4)} s/s; "
               f"final states {s['outcomes']['final_states']}; rejected {s['outcomes']['rejected_by_reason']}")
         figures["latency"].append({"tasks": tasks, "rate": rate, "submit_to_running": st, "baseline_p50": b50,
-                                   "baseline_p99": b99, "trend": trend, "stages": s["stages"],
+                                   "baseline_p99": b99, "docker_open_loop": open_loop, "trend": trend,
+                                   "stages": s["stages"],
                                    "final_states": s["outcomes"]["final_states"]})
 
+    if args.no_sweep:
+        (out / "figures.json").write_text(json.dumps(figures, indent=1))
+        return 0
     # ---- EPM start-rate sweep ----
     tpl = Template.from_dict({"name": "e2e-instant", "tasks": 1, "cores": 1, "memory": "32m", "command": ["true"]},
                              "<1 task x 1 core, command true>")
