@@ -135,16 +135,20 @@ class Api:
         raise SystemExit("submissions kept being refused")
 
 
-def system_run(api: Api, jobs: int, per_job: int) -> dict[str, Any]:
+def system_run(api: Api, jobs: int, per_job: int, evms: bool = True) -> dict[str, Any]:
     """Submit the jobs, then poll the job list (one request every 2 s: polling each job would load the
     2-vCPU machine the engines share) until every task is RUNNING. Times are the system's own: the
     first submission's wall clock to the latest task's RUNNING time (``state_times``)."""
     ids: list[str] = []
     t0_wall, t0 = time.time(), time.monotonic()
     for i in range(jobs):
-        ids.append(api.submit({"job_name": f"dens{i}", "job_info": {
-            "evms": {"count": per_job, "subnet": "10.70.0.0/24", "devices": "lean"},
-            "tasks": {f"e{k}": {"req_cores": 1, "mem_limit": EPM_MEMORY} for k in range(per_job)}}}))
+        if evms:
+            info = {"evms": {"count": per_job, "subnet": "10.70.0.0/24", "devices": "lean"},
+                    "tasks": {f"e{k}": {"req_cores": 1, "mem_limit": EPM_MEMORY} for k in range(per_job)}}
+        else:  # the same containers as plain tasks: no EVM agent work, to tell its cost from the rest
+            info = {"tasks": {f"e{k}": {"req_cores": 1, "mem_limit": EPM_MEMORY, "image": DEFAULT_IMAGE,
+                                        "command": DEFAULT_COMMAND} for k in range(per_job)}}
+        ids.append(api.submit({"job_name": f"dens{i}", "job_info": info}))
     submitted = time.monotonic() - t0
     n = jobs * per_job
     views: dict[str, dict[str, Any]] = {}
@@ -176,7 +180,8 @@ def system_run(api: Api, jobs: int, per_job: int) -> dict[str, Any]:
                     state["ready"].add(j)
         return len(state["ready"]) == len(ids)
 
-    wait(all_ready, f"{n} EVMs READY", 1800, every=2.0)
+    if evms:
+        wait(all_ready, f"{n} EVMs READY", 1800, every=2.0)
     ready = time.monotonic() - t0
     tenths = [running_times[min(n - 1, (n * k) // 10 - 1)] for k in range(1, 11)]
     return {"ids": ids, "placement": placement, "epms": n, "submit_s": submitted,
@@ -273,6 +278,7 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=8, help="Docker alone: containers started at a time")
     ap.add_argument("--settle", type=float, default=30.0, help="seconds between all READY and the memory reading")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--no-evms", action="store_true", help="the same containers as plain tasks, not EPMs")
     ap.add_argument("--baseline-first", action="store_true",
                     help="Docker alone first, on the fresh cluster (each job on one node, in turn), its containers "
                          "then removed; the system's run follows (by default Docker alone runs after it, beside "
@@ -301,7 +307,7 @@ def main() -> int:
             agents0, workers0, hosts0 = (rss_in_hosts(b"Worker.epm.node"), rss_in_hosts(b"-m\x00Worker\x00"),
                                          rss_in_hosts())
             cpu0, m0 = cpu_by_process.snapshot(), cpu_by_process.machine()
-            res = system_run(api, args.jobs, args.per_job)
+            res = system_run(api, args.jobs, args.per_job, evms=not args.no_evms)
             # CPU from the first submission until every task was seen RUNNING (and its EVMs READY)
             res["cpu_s_by_process"] = cpu_by_process.delta(cpu0, cpu_by_process.snapshot())
             res["cpu_s_machine"] = {k: round(v - m0[k], 1) for k, v in cpu_by_process.machine().items()}
