@@ -113,8 +113,12 @@ def test_resizing_the_evm_set_follows_the_distribution_is_idempotent_and_guarded
     want = evmspec.distribute(4, epms, definition)
     assert r.json()["counts"] == want and r.json()["added"] == {}
     _in_kernel(api, job_id, containers, want)
-    live = sorted(int(e["id"].rsplit(".v", 1)[1]) for e in all_evms(api, job_id) if e["state"] == "READY")
-    assert len(live) == 4
+
+    def ready() -> list[int]:
+        return sorted(int(e["id"].rsplit(".v", 1)[1]) for e in all_evms(api, job_id) if e["state"] == "READY")
+
+    # The records follow the kernel once Discovery has applied the agents' reports of the deletions.
+    wait_for("4 EVM records READY, the deleted ones no longer", lambda: len(ready()) == 4, 60)
     assert patch(api, job_id, {"count": 4}).json()["changed"] is False
 
     # Another update holding the set (as a second FrontEnd mid-update does): 409, nothing written.
