@@ -1,4 +1,4 @@
-"""CPU seconds by kind of process over a window, from /proc (what `bench/density.py --cpu` reports).
+"""CPU seconds by kind of process over a window, from /proc (what `bench/density.py` reports).
 
 Each process's utime + stime + the CPU of its reaped children (cutime + cstime, so short-lived helpers such as
 runc count for the process that waited for them), grouped by what it is; the machine's total from /proc/stat.
@@ -27,8 +27,7 @@ def kind_of(pid: str) -> str:
     except OSError:
         return "gone"
     if not cmd:
-        comm = (Path("/proc") / pid / "comm").read_text().strip() if (Path("/proc") / pid).exists() else ""
-        return "kernel threads" if comm else "gone"
+        return "kernel threads"  # (or a zombie, which no longer runs)
     return next((k for k, needle in KINDS if needle in cmd), "other")
 
 
@@ -58,3 +57,15 @@ def delta(before: dict[str, tuple[str, float]], after: dict[str, tuple[str, floa
     for pid, (kind, cpu) in after.items():
         by[kind] = by.get(kind, 0.0) + cpu - (before[pid][1] if pid in before else 0.0)
     return dict(sorted(((k, round(v, 1)) for k, v in by.items()), key=lambda kv: -kv[1]))
+
+
+def start() -> tuple[dict[str, tuple[str, float]], dict[str, float]]:
+    """The start of a window: every process's CPU so far, and the machine's."""
+    return snapshot(), machine()
+
+
+def since(begin: tuple[dict[str, tuple[str, float]], dict[str, float]]) -> dict[str, dict[str, float]]:
+    """CPU seconds since ``start()``, by kind of process and for the whole machine."""
+    procs, mach = begin
+    return {"cpu_s_by_process": delta(procs, snapshot()),
+            "cpu_s_machine": {k: round(v - mach[k], 1) for k, v in machine().items()}}

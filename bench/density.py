@@ -1,6 +1,7 @@
 """EPM density and start rate on the emulated cluster (issue 14, target 1 and the first half of target 2).
 
     python -m bench.density [--workers 4] [--jobs 100] [--per-job 10] [--parallel 8] [--no-baseline]
+                            [--baseline-first] [--no-evms]
 
 Brings up an emulated cluster (``Management.py cluster up``: W worker hosts, each declaring enough
 logical cores for its share of the EPMs; logical core i runs on physical core i mod 2) with the system
@@ -49,6 +50,7 @@ TAG = "dens"
 # Each EPM's memory claim: above the 40 MiB + 176 KiB the FrontEnd asks for one lean EVM, below the 128m a task
 # gets by default (with which a 24 GB node is fully claimed at 188 EPMs).
 EPM_MEMORY = "48m"
+EPM_MEMORY_BYTES = 48 * 2**20
 
 
 def _env(run_dir: str) -> dict[str, str]:
@@ -135,6 +137,14 @@ class Api:
         raise SystemExit("submissions kept being refused")
 
 
+def rates_by_tenth(times: list[float]) -> list[float | None]:
+    """Starts per second within each tenth of them, from their times since the first submission: a rate
+    that falls as the count grows shows here."""
+    ts, n = sorted(times), len(times)
+    ends = [ts[min(n - 1, (n * k) // 10 - 1)] for k in range(1, 11)]
+    return [round((n / 10) / (b - a), 2) if b > a else None for a, b in zip([0.0, *ends[:-1]], ends, strict=True)]
+
+
 def system_run(api: Api, jobs: int, per_job: int, evms: bool = True) -> dict[str, Any]:
     """Submit the jobs, then poll the job list (one request every 2 s: polling each job would load the
     2-vCPU machine the engines share) until every task is RUNNING. Times are the system's own: the
@@ -164,9 +174,8 @@ def system_run(api: Api, jobs: int, per_job: int, evms: bool = True) -> dict[str
                                                for t in j["tasks"].values())
 
     wait(all_running, f"{n} EPMs RUNNING", 3600, every=2.0)
-    running_times = sorted(t["state_times"]["RUNNING"] - t0_wall for j in views.values()
-                           for t in j["tasks"].values())
-    running = running_times[-1]
+    running_times = [t["state_times"]["RUNNING"] - t0_wall for j in views.values() for t in j["tasks"].values()]
+    running = max(running_times)
     placement = [[views[j]["tasks"][f"e{k}"].get("node") or "" for k in range(per_job)] for j in ids]
     state: dict[str, Any] = {"ready": set()}
 
@@ -183,13 +192,9 @@ def system_run(api: Api, jobs: int, per_job: int, evms: bool = True) -> dict[str
     if evms:
         wait(all_ready, f"{n} EVMs READY", 1800, every=2.0)
     ready = time.monotonic() - t0
-    tenths = [running_times[min(n - 1, (n * k) // 10 - 1)] for k in range(1, 11)]
     return {"ids": ids, "placement": placement, "epms": n, "submit_s": submitted,
             "first_submit_to_all_running_s": running, "first_submit_to_all_evms_ready_s": ready,
-            "epms_per_s": n / running,
-            # EPMs/s within each tenth of the EPMs (by RUNNING time): a rate that falls with the count shows
-            "epms_per_s_by_tenth": [round((n / 10) / (b - a), 2) if b > a else None
-                                    for a, b in zip([0.0, *tenths[:-1]], tenths, strict=True)]}
+            "epms_per_s": n / running, "epms_per_s_by_tenth": rates_by_tenth(running_times)}
 
 
 def engines() -> tuple[docker.APIClient, list[tuple[str, docker.APIClient]]]:
@@ -241,20 +246,16 @@ def docker_alone(placement: list[list[str]], parallel: int, mem: int, remove: bo
             per_node.setdefault(node, []).append((i, k))
     queues = list(per_node.values())
     items = [q[r] for r in range(max(len(q) for q in queues)) for q in queues if r < len(q)]
-    cpu0, m0 = cpu_by_process.snapshot(), cpu_by_process.machine()
+    window = cpu_by_process.start()
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         list(pool.map(one, items))
     elapsed = time.monotonic() - t0
-    cpu = {"cpu_s_by_process": cpu_by_process.delta(cpu0, cpu_by_process.snapshot()),
-           "cpu_s_machine": {k: round(v - m0[k], 1) for k, v in cpu_by_process.machine().items()}}
+    cpu = cpu_by_process.since(window)
     n = len(items)
-    done.sort()
-    tenths = [done[min(n - 1, (n * k) // 10 - 1)] for k in range(1, 11)]
     out = {"containers": n, "elapsed_s": elapsed, "containers_per_s": n / elapsed,
-           "containers_per_s_by_tenth": [round((n / 10) / (b - a), 2) if b > a else None
-                                         for a, b in zip([0.0, *tenths[:-1]], tenths, strict=True)],
-           "parallel": parallel, "placed_as_the_system": sum(1 for i, k in items if placement[i][k] in by_node),
+           "containers_per_s_by_tenth": rates_by_tenth(done), "parallel": parallel,
+           "placed_as_the_system": sum(1 for i, k in items if placement[i][k] in by_node),
            **cpu}
     if remove:  # run first: its containers and networks go before the system's run (not timed)
         with ThreadPoolExecutor(max_workers=parallel) as pool:
@@ -299,18 +300,17 @@ def main() -> int:
             base = None
             if args.baseline_first and not args.no_baseline:
                 names = sorted(name for name, _ in engines()[1])
-                base = docker_alone(round_robin(names, args.jobs, args.per_job), args.parallel, 48 * 2**20,
+                base = docker_alone(round_robin(names, args.jobs, args.per_job), args.parallel, EPM_MEMORY_BYTES,
                                     remove=True)
                 print(json.dumps(base), flush=True)
                 time.sleep(10)
             mem0 = mem_available()
             agents0, workers0, hosts0 = (rss_in_hosts(b"Worker.epm.node"), rss_in_hosts(b"-m\x00Worker\x00"),
                                          rss_in_hosts())
-            cpu0, m0 = cpu_by_process.snapshot(), cpu_by_process.machine()
+            window = cpu_by_process.start()
             res = system_run(api, args.jobs, args.per_job, evms=not args.no_evms)
             # CPU from the first submission until every task was seen RUNNING (and its EVMs READY)
-            res["cpu_s_by_process"] = cpu_by_process.delta(cpu0, cpu_by_process.snapshot())
-            res["cpu_s_machine"] = {k: round(v - m0[k], 1) for k, v in cpu_by_process.machine().items()}
+            res.update(cpu_by_process.since(window))
             print(json.dumps({k: v for k, v in res.items() if k not in ("ids", "placement")}), flush=True)
             nodes = sorted({node for job in res["placement"] for node in job})
             print(json.dumps({"nodes": {node: sum(job.count(node) for job in res["placement"]) for node in nodes},
@@ -319,7 +319,7 @@ def main() -> int:
             drop = mem0 - mem_available()
             agents, workers_rss, hosts = (rss_in_hosts(b"Worker.epm.node"), rss_in_hosts(b"-m\x00Worker\x00"),
                                           rss_in_hosts())
-            mem = api.get(f"/jobs/{res['ids'][0]}")["tasks"]["e0"].get("mem_bytes") or 48 * 2**20
+            mem = api.get(f"/jobs/{res['ids'][0]}")["tasks"]["e0"].get("mem_bytes") or EPM_MEMORY_BYTES
             density = {"epms": n, "memavailable_drop_mib": drop / 2**20, "per_epm_mib": drop / n / 2**20,
                        "node_agents": agents[0], "node_agents_rss_mib": agents[1] / 2**20,
                        "node_agents_per_epm_mib": agents[1] / n / 2**20,
