@@ -100,8 +100,9 @@ class WorkerConfig:
     sweep_seconds: float = 5.0
     stop_timeout_seconds: int = 5
     parallelism: int = 4  # container creates/starts/removals of one reconcile pass run this many at a time
-    evm_poll_seconds: float = 0.5  # how often EPMs' EVM generations are polled (added/deleted EVMs)
-    evm_resync_seconds: float = 5.0  # every EPM's desired-EVM file is refreshed at least this often
+    evm_poll_seconds: float = 0.5  # how often EPMs' EVM versions are polled (EVMs added/deleted, reports applied)
+    evm_resync_seconds: float = 5.0  # how often the EPMs' overlay addresses (their VPC peers) are re-read
+    evm_refresh_seconds: float = 60.0  # every EPM's desired-EVM file is re-read at least this often (safety net)
     evm_op_timeout_seconds: float = 20.0  # an agent's kernel call taking longer ends that agent (restarted)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 5103  # Prometheus /metrics; 0 disables it; set per Worker when several share a host

@@ -58,8 +58,10 @@ class EvmReports:
             return
         self._next_sweep = time.monotonic() + SWEEP_EVERY_SECONDS
         now = time.time()
-        for job_id in self.store.evms.live_jobs():
-            job = self.store.jobs.get(job_id)
+        live = self.store.evms.live_jobs()
+        jobs = self.store.jobs.many(live)  # one query, not one per job
+        for job_id in live:
+            job = jobs.get(job_id)
             if job is None:
                 created = self.store.evms.first_created(job_id) or now
                 if now - created > ORPHAN_SECONDS:

@@ -334,13 +334,12 @@ class JobManager:
         now = time.time()
         workers = self.store.workers.all()  # read workers before jobs: see docs/claims.md
         migrating = {(m["job_id"], m["task"], m.get("target"), m.get("token")) for m in self.store.migrations.active()}
-        jobs: dict[str, dict[str, Any] | None] = {}
+        # Every job holding a claim, in one query (not one per job: a sweep runs every few seconds)
+        jobs = self.store.jobs.many({key.partition(":")[0] for w in workers for key in w.get("allocations", {})})
         for w in workers:
             for key, alloc in w.get("allocations", {}).items():
                 job_id, _, task = key.partition(":")
-                if job_id not in jobs:
-                    jobs[job_id] = self.store.jobs.get(job_id)
-                if self._owned(jobs[job_id], task, alloc["token"], w["_id"], now):
+                if self._owned(jobs.get(job_id), task, alloc["token"], w["_id"], now):
                     continue
                 if (job_id, task, w["_id"], alloc["token"]) in migrating:
                     continue  # the target's claim of a migration in flight

@@ -8,10 +8,13 @@ For every EPM container on this node (a task whose document carries ``evms``) th
   * before creating the container: opens the EPM's directory, re-binds the EPM's EVM records to this
     attempt, and writes the desired file the agent starts from;
   * once it runs: writes ``target.json`` (its PID 1, id, host name) so the node agent serves it;
-  * while it runs: rewrites the desired file when the EPM's generation in MongoDB moves (EVMs added or
-    deleted; polled every ``worker.evm_poll_seconds``) and every ``worker.evm_resync_seconds`` (so the
-    recorded states the agent compares against stay fresh), and relays the agent's reports to Discovery
-    in its signed envelope ("evm_status");
+  * while it runs: rewrites the desired file when the EPM's versions in MongoDB move (its generation: EVMs
+    added, deleted or relabelled; its report count: Discovery applied its agent's reports, so the recorded
+    states the agent compares against moved; both polled for every job in one query every
+    ``worker.evm_poll_seconds``), when its VPC plan changes (the job's EPM addresses are re-read in one
+    query every ``worker.evm_resync_seconds``: an EPM that moves changes address without an EVM change),
+    and at least every ``worker.evm_refresh_seconds`` (a safety net); and relays the agent's reports to
+    Discovery in its signed envelope ("evm_status");
   * before removing a running EPM of the full device set: asks the agent to drain its EVMs first, in
     small batches. The kernel deletes a bridge in one RCU grace period while holding the global RTNL
     lock; removing the container with thousands of per-EVM bridges would stall every netlink user on
@@ -66,19 +69,29 @@ DRAIN_PER_EVM_SECONDS = 0.05
 
 
 @dataclass
+class VpcPlan:
+    """A job's VPC plan (Worker/vpcs.py) and what it was computed from."""
+    gens: dict[str, int]
+    addresses: dict[str, str]
+    plan: dict[str, Any]
+    changed_at: float  # monotonic time the plan last changed (EPM files older than that are rewritten)
+
+
+@dataclass
 class Tracked:
     link: EpmLink
     job_id: str
     epm: str
     attempt: int
     cfg: dict[str, Any]
-    gen: int = -1
+    version: tuple[int, int] = (-1, -1)  # (gen, seen) of the EPM when its desired file was last written
     digest: str = ""
     written_at: float = 0.0
     status: dict[str, Any] = field(default_factory=dict)
     drain_until: float | None = None
     last_health: float = 0.0
     targeted: bool = False  # target.json written for this container's process
+    running: bool = False  # its container was started by this Worker or seen running: target.json is due
 
 
 def is_epm(t: dict[str, Any]) -> bool:
@@ -94,10 +107,13 @@ class EvmSync:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.kick = threading.Event()
+        self._links_version = 0  # moves whenever an EPM's report socket comes or goes (the relay's poll set)
         self._swept = False
         self._threads: list[threading.Thread] = []
         self.keeper = Keeper(str(self.root))
-        self._vpc_plans: dict[str, tuple[dict[str, int], float, dict[str, Any]]] = {}  # job -> (gens, at, plan)
+        self._plans: dict[str, VpcPlan] = {}  # by job
+        self._addresses: dict[str, dict[str, str]] = {}  # job -> its EPMs' overlay addresses
+        self._addresses_at = -float("inf")
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -148,6 +164,7 @@ class EvmSync:
                 link.open({"job_id": job_id, "epm": epm, "attempt": t["attempt"], "node": self.node})
                 tr = Tracked(link, job_id, epm, t["attempt"], t["evms"])
                 self.tracked[cname] = tr
+                self._links_version += 1
         if t["attempt"] > 0:
             moved = self.store.evms.adopt(job_id, epm, t["attempt"])
             if moved:
@@ -159,7 +176,7 @@ class EvmSync:
     def write(self, tr: Tracked, force: bool = False) -> None:
         records = self.store.evms.for_epm(tr.job_id, tr.epm)
         rates = self.store.evms.rates_for(tr.job_id, tr.epm)
-        vpc = self._vpc_plan(tr.job_id).get(tr.epm)
+        vpc = self._plan(tr.job_id).plan.get(tr.epm)
         doc = desired_doc(tr.job_id, tr.epm, tr.attempt, tr.link.container, tr.cfg, records, rates,
                           tr.drain_until is not None, self.cfg.worker.evm_op_timeout_seconds, vpc)
         digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
@@ -168,19 +185,29 @@ class EvmSync:
             tr.link.write_desired(doc)
             tr.digest = digest
 
-    def _vpc_plan(self, job_id: str, gens: dict[str, int] | None = None) -> dict[str, Any]:
-        """The job's VPC plan (Worker/vpcs.py), computed once per change of its EVM set and at least every
-        resync period (an EPM's overlay address changes when it moves; no EVM generation records that)."""
-        if gens is None:
-            gens = self.store.evms.gens([job_id]).get(job_id, {})
-        cached = self._vpc_plans.get(job_id)
-        now = time.monotonic()
-        if cached and cached[0] == gens and now - cached[1] < self.cfg.worker.evm_resync_seconds:
-            return cached[2]
-        job = self.store.jobs.col.find_one({"_id": job_id}, {"tasks": 1}) or {"_id": job_id}
-        plan = vpcs.plan(job_id, self.store.evms.vpc_members(job_id), vpcs.epm_addresses(job))
-        self._vpc_plans[job_id] = (dict(gens), now, plan)
-        return plan
+    def _plan(self, job_id: str) -> VpcPlan:
+        """The job's VPC plan, read from MongoDB if this Worker holds none yet (its first EPM of the job)."""
+        cached = self._plans.get(job_id)
+        if cached is not None:
+            return cached
+        gens = self.store.evms.versions([job_id]).get(job_id, ({}, {}))[0]
+        return self._update_plan(job_id, gens, self._read_addresses([job_id]).get(job_id, {}))
+
+    def _read_addresses(self, job_ids: list[str]) -> dict[str, dict[str, str]]:
+        docs = self.store.jobs.col.find({"_id": {"$in": job_ids}}, {"tasks": 1})
+        found = {d["_id"]: vpcs.epm_addresses(d) for d in docs}
+        self._addresses.update({j: found.get(j, {}) for j in job_ids})
+        return found
+
+    def _update_plan(self, job_id: str, gens: dict[str, int], addresses: dict[str, str]) -> VpcPlan:
+        """Recompute the job's plan when what it depends on moved: its EVM set (``gens``) or its EPMs' addresses."""
+        cached = self._plans.get(job_id)
+        if cached is not None and cached.gens == gens and cached.addresses == addresses:
+            return cached
+        plan = vpcs.plan(job_id, self.store.evms.vpc_members(job_id), addresses)
+        changed_at = cached.changed_at if cached is not None and cached.plan == plan else time.monotonic()
+        self._plans[job_id] = VpcPlan(dict(gens), dict(addresses), plan, changed_at)
+        return self._plans[job_id]
 
     def _syncer(self) -> None:
         failures = Throttled(log)  # every 0.5 s: MongoDB away must not write a traceback per pass
@@ -195,26 +222,35 @@ class EvmSync:
                 failures.ok()
 
     def sync_once(self) -> None:
+        """One pass: a query for every job's EPM versions, one for their addresses when due, and a desired file
+        rewritten (two more queries) only for the EPMs whose records, or VPC plan, moved."""
         with self.lock:
             tracked = list(self.tracked.values())
         if not tracked:
             return
         for tr in tracked:
-            if not tr.targeted:
+            if tr.running and not tr.targeted:
                 self._target(tr)
-        gens = self.store.evms.gens(sorted({tr.job_id for tr in tracked}))
-        for job_id in {tr.job_id for tr in tracked}:
-            self._vpc_plan(job_id, gens.get(job_id, {}))
-        for gone in set(self._vpc_plans) - {tr.job_id for tr in tracked}:
-            self._vpc_plans.pop(gone, None)
+        jobs = sorted({tr.job_id for tr in tracked})
+        versions = self.store.evms.versions(jobs)
         now = time.monotonic()
+        if now - self._addresses_at >= self.cfg.worker.evm_resync_seconds:
+            self._addresses_at = now
+            self._read_addresses(jobs)
+        elif missing := [j for j in jobs if j not in self._addresses]:
+            self._read_addresses(missing)
+        for job_id in jobs:
+            self._update_plan(job_id, versions.get(job_id, ({}, {}))[0], self._addresses.get(job_id, {}))
+        for gone in set(self._plans) - set(jobs):
+            self._plans.pop(gone, None)
+            self._addresses.pop(gone, None)
         for tr in tracked:
-            gen = gens.get(tr.job_id, {}).get(tr.epm, 0)
-            stale = now - tr.written_at >= self.cfg.worker.evm_resync_seconds
-            plan = self._vpc_plans.get(tr.job_id)
-            if gen != tr.gen or stale or (plan is not None and plan[1] > tr.written_at):
-                tr.gen = gen
+            gens, seen = versions.get(tr.job_id, ({}, {}))
+            version = (gens.get(tr.epm, 0), seen.get(tr.epm, 0))
+            stale = now - tr.written_at >= self.cfg.worker.evm_refresh_seconds
+            if version != tr.version or stale or self._plans[tr.job_id].changed_at > tr.written_at:
                 self.write(tr)
+                tr.version = version
 
     def _target(self, tr: Tracked) -> None:
         """Tell the node agent which process to enter, once the container runs."""
@@ -230,29 +266,39 @@ class EvmSync:
 
     # ---- the agents' reports ------------------------------------------------------------------
     def _relay(self) -> None:
+        # One poll set, rebuilt only when the set of sockets changed (an EPM tracked or finished, a socket bound
+        # again), not on every datagram: a node holding hundreds of EPMs gets a status datagram from each of
+        # them every few seconds. poll, not select: 1,000 EPMs are more than select's 1,024 descriptors.
+        poller = select.poll()
+        by_fd: dict[int, Tracked] = {}
+        built_for = -1
+        next_health = 0.0
         while not self.stopping.is_set():
             with self.lock:
-                socks = {tr.link.sock: tr for tr in self.tracked.values() if tr.link.sock is not None}
-            if not socks:
+                if built_for != self._links_version:
+                    built_for = self._links_version
+                    poller = select.poll()
+                    by_fd = {tr.link.sock.fileno(): tr for tr in self.tracked.values() if tr.link.sock is not None}
+                    for fd in by_fd:
+                        poller.register(fd, select.POLLIN)
+            if not by_fd:
                 self.stopping.wait(0.2)
                 continue
-            # poll, not select: a node holding 1,000 EPMs has more than select's 1,024 descriptors
-            by_fd: dict[int, Tracked] = {}
-            poller = select.poll()
             try:
-                for sock, tr in socks.items():
-                    by_fd[sock.fileno()] = tr
-                    poller.register(sock, select.POLLIN)
                 ready = poller.poll(200)
-            except (OSError, ValueError):  # a socket closed under us: take the new list
+            except (OSError, ValueError):
+                built_for = -1
                 continue
-            for fd, _ in ready:
+            for fd, events in ready:
                 tr = by_fd.get(fd)
-                if tr is None:
+                if tr is None or events & select.POLLNVAL:  # a socket closed under us: take the new list
+                    built_for = -1
                     continue
                 for data in tr.link.receive():
                     self._relay_one(tr, data)
-            self._check_health(list(socks.values()))
+            if time.monotonic() >= next_health:
+                next_health = time.monotonic() + 1.0
+                self._check_health(list(by_fd.values()))
 
     def _relay_one(self, tr: Tracked, data: bytes) -> None:
         try:
@@ -290,6 +336,8 @@ class EvmSync:
                     log.warning("EPM %s: its report socket vanished; binding it again", tr.link.container)
                     with contextlib.suppress(OSError):
                         tr.link.rebind()
+                    with self.lock:
+                        self._links_version += 1
 
     # ---- the Worker's reconcile pass -----------------------------------------------------------
     def hold_removal(self, container: str) -> bool:
@@ -314,16 +362,33 @@ class EvmSync:
             return False
         return True
 
-    def observe(self, epm_containers: dict[str, tuple[str, str, int, dict[str, Any]]]) -> None:
-        """Called each Worker pass with this node's EPM containers: name -> (job, task, attempt, task doc).
+    def started(self, container: str) -> None:
+        """The Worker started this container: if it is an EPM, its target.json is written at the next sync pass
+        (only then: inspecting every EPM still waiting for its start, every pass, cost the engine and the Worker)."""
+        with self.lock:
+            tr = self.tracked.get(container)
+            if tr is not None:
+                tr.running = True
+        if tr is not None:
+            self.kick.set()
+
+    def observe(self, epm_containers: dict[str, tuple[str, str, int, dict[str, Any]]], running: set[str]) -> None:
+        """Called each Worker pass with this node's EPM containers: name -> (job, task, attempt, task doc), and
+        the names of those the engine listed as running.
 
         Tracks those not tracked yet (a restarted Worker) and finishes those whose container is gone.
         """
         for cname, (job_id, epm, attempt, t) in epm_containers.items():
             if cname not in self.tracked and is_epm(t) and t.get("attempt") == attempt:
                 self.track(job_id, epm, t)
-        if any(not tr.targeted for tr in self.tracked.values()):
-            self.kick.set()  # the sync thread writes target.json as soon as the container runs
+        due = False
+        with self.lock:
+            for cname in running:
+                tr = self.tracked.get(cname)
+                if tr is not None and not tr.targeted:
+                    tr.running = due = True
+        if due:
+            self.kick.set()  # the sync thread writes target.json at once
         with self.lock:
             gone = [tr for name, tr in self.tracked.items() if name not in epm_containers and tr.written_at
                     and time.monotonic() - tr.written_at > 1.0]
@@ -347,6 +412,7 @@ class EvmSync:
                                           "at": time.time(), "reason": "its EPM container was removed"})
         with self.lock:
             tr = self.tracked.pop(cname, None)
+            self._links_version += 1
         if tr is not None:
             tr.link.close()
         else:

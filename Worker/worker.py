@@ -252,8 +252,10 @@ class Worker:
         for key in set(self._retries) - set(desired):
             self._retries.pop(key, None)
         self.lifecycle.run(desired, observed)
-        self.evms.observe({container_name(*key): (*key, desired[key][2]) for key, obs in observed.items()
-                           if key in desired and is_epm(desired[key][2]) and obs.status not in ("exited", "dead")})
+        epms = {key: obs for key, obs in observed.items()
+                if key in desired and is_epm(desired[key][2]) and obs.status not in ("exited", "dead")}
+        self.evms.observe({container_name(*key): (*key, desired[key][2]) for key in epms},
+                          {container_name(*key) for key, obs in epms.items() if obs.status == "running"})
 
     def _run_all(self, work: list[Callable[[], None]]) -> None:
         """Run one pass's container operations, up to ``worker.parallelism`` at a time.
@@ -395,6 +397,7 @@ class Worker:
             return
         self._retries.pop((job_id, name, t["attempt"]), None)
         CONTAINER_STARTS.labels(self.name, "started").inc()
+        self.evms.started(container_name(job_id, name, t["attempt"]))
         log.info("started %s/%s#%d on cores %s", job_id, name, t["attempt"], t["cpuset"])
         self.report(job_id, name, t["attempt"], TaskState.RUNNING, container_id=cid,
                     addresses=self.engine.addresses(cid) or None)

@@ -28,7 +28,12 @@ def kind_of(pid: str) -> str:
         return "gone"
     if not cmd:
         return "kernel threads"  # (or a zombie, which no longer runs)
-    return next((k for k, needle in KINDS if needle in cmd), "other")
+    if pid == "1":  # its children's CPU is every orphan it reaped (shims of removed containers): their whole life
+        return "init (orphans it reaped, their whole life)"
+    kind = next((k for k, needle in KINDS if needle in cmd), None)
+    if kind is None:  # named by its program, so that what "other" is shows in the report
+        kind = "other: " + os.path.basename(cmd.split(b"\0")[0].decode(errors="replace"))[:40]
+    return kind
 
 
 def snapshot() -> dict[str, tuple[str, float]]:

@@ -194,7 +194,30 @@ def system_run(api: Api, jobs: int, per_job: int, evms: bool = True) -> dict[str
     ready = time.monotonic() - t0
     return {"ids": ids, "placement": placement, "epms": n, "submit_s": submitted,
             "first_submit_to_all_running_s": running, "first_submit_to_all_evms_ready_s": ready,
-            "epms_per_s": n / running, "epms_per_s_by_tenth": rates_by_tenth(running_times)}
+            "epms_per_s": n / running, "epms_per_s_by_tenth": rates_by_tenth(running_times),
+            "stages": stages([t for j in views.values() for t in j["tasks"].values()])}
+
+
+STAGES = (("PENDING", "SCHEDULED"), ("SCHEDULED", "STARTING"), ("STARTING", "RUNNING"))
+
+
+def stages(tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where each task's time went, from its own state times: placement (PENDING -> SCHEDULED), the node's
+    Worker creating the container (-> STARTING) and starting it (-> RUNNING); p50 / p90 / max in seconds, and
+    per node the RUNNING rate by tenth of its tasks (a stall on one node shows there)."""
+    out: dict[str, Any] = {}
+    for a, b in STAGES:
+        d = sorted(t["state_times"][b] - t["state_times"][a] for t in tasks
+                   if a in t["state_times"] and b in t["state_times"])
+        if d:
+            out[f"{a}->{b}"] = {"p50": round(d[len(d) // 2], 2), "p90": round(d[int(len(d) * 0.9)], 2),
+                                "max": round(d[-1], 2)}
+    first = min(t["state_times"]["PENDING"] for t in tasks if "PENDING" in t["state_times"])
+    by_node: dict[str, list[float]] = {}
+    for t in tasks:
+        by_node.setdefault(t.get("node") or "", []).append(t["state_times"]["RUNNING"] - first)
+    out["running_by_tenth_per_node"] = {node: rates_by_tenth(times) for node, times in sorted(by_node.items())}
+    return out
 
 
 def engines() -> tuple[docker.APIClient, list[tuple[str, docker.APIClient]]]:
@@ -315,7 +338,12 @@ def main() -> int:
             nodes = sorted({node for job in res["placement"] for node in job})
             print(json.dumps({"nodes": {node: sum(job.count(node) for job in res["placement"]) for node in nodes},
                               "nodes_per_job_max": max(len(set(job)) for job in res["placement"])}), flush=True)
+            idle = cpu_by_process.start()
             time.sleep(args.settle)
+            # What the system costs while its EPMs sit idle, per second (polls, status messages, resyncs)
+            idle_cpu = cpu_by_process.since(idle)["cpu_s_by_process"]
+            print(json.dumps({"idle_cpu_s_per_s_by_process": {k: round(v / args.settle, 3) for k, v in idle_cpu.items()
+                                                               if v > 0}}), flush=True)
             drop = mem0 - mem_available()
             agents, workers_rss, hosts = (rss_in_hosts(b"Worker.epm.node"), rss_in_hosts(b"-m\x00Worker\x00"),
                                           rss_in_hosts())

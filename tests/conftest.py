@@ -70,6 +70,9 @@ def test_env() -> dict[str, str]:
         # The JobManager's safety-net sweep is made slow so that a test can tell a placement
         # triggered by a hint (a release, a submission) from one found by polling.
         "RSWARM_JOBMANAGER_SWEEP_SECONDS": "3600",
+        # Likewise the Worker's periodic rewrite of every EPM's desired file: the files must follow MongoDB
+        # through the EPMs' versions (tests/test_evm_e2e.py), not through the safety net.
+        "RSWARM_WORKER_EVM_REFRESH_SECONDS": "3600",
         "RSWARM_WORKER_SWEEP_SECONDS": "2",
         "RSWARM_WORKER_HEARTBEAT_SECONDS": "1",
         "RSWARM_GLOBALMANAGER_SWEEP_SECONDS": "2",

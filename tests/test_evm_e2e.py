@@ -135,7 +135,8 @@ def test_evms_become_real_namespaces_and_follow_create_update_delete(api: Api, s
     wait_ready(api, job_id, 13)
     e1 = job["tasks"]["e1"]["container_name"]
     wait_for("e1 to hold 7 namespaces", lambda: len(netns_in(e1)) == 7, 60)
-    gone = all_evms(api, job_id, state="DELETED")
+    # The kernel first, then the agent's reports through the Worker and Discovery into the records
+    gone = wait_for("the 3 records DELETED", lambda: len(g := all_evms(api, job_id, state="DELETED")) == 3 and g, 60)
     assert sorted(int(e["id"].rsplit(".v", 1)[1]) for e in gone) == [14, 15, 16]
     assert api.s.patch(f"{api.base}/jobs/{job_id}/evms/{gone[0]['id']}", json={"vpc": "x"}, headers=api.headers(),
                        timeout=30).status_code == 409
@@ -147,6 +148,34 @@ def test_evms_become_real_namespaces_and_follow_create_update_delete(api: Api, s
     wait_for("every EVM record DELETED", lambda: summary(api, job_id)["by_state"]["DELETED"] == 16, 60)
     epm_dirs = list((system.run_path / "epm").glob(f"rsw-{job_id}-*"))
     assert epm_dirs == []
+
+
+def test_an_epms_desired_file_follows_its_recorded_states_through_its_report_count(api: Api, store, system) -> None:
+    """The Worker rewrites an EPM's desired file when Discovery applies its agent's reports (``evm_jobs.seen``
+    moves), not on a timer: the test system's periodic refresh (``worker.evm_refresh_seconds``) is an hour.
+    Deleted EVMs are the case that shows it: the deletion request rewrites the file (the set's generation),
+    but only the agent's DELETED reports, once applied, can take those EVMs out of it. The file's VPC part
+    (the EPM's overlay address, re-read every few seconds) is waited for first, so that no change of it can
+    rewrite the file meanwhile."""
+    job_id = api.submit(evm_job({"count": 4, "subnet": "10.84.0.0/24", "devices": "lean"}, tasks=1, name="evm-seen"))
+    wait_ready(api, job_id, 4)
+    desired = system.run_path / "epm" / api.job(job_id)["tasks"]["e0"]["container_name"] / "desired.json"
+    ip = api.job(job_id)["tasks"]["e0"]["ip"]
+    wait_for("the file to carry the EPM's overlay address", lambda: json.loads(desired.read_text())["local_ip"] == ip,
+             60)
+    r = api.delete(f"/jobs/{job_id}/evms?count=2")
+    assert r.status_code == 202 and r.json()["requested"] == 2, r.text
+    wait_for("2 records DELETED", lambda: len(all_evms(api, job_id, state="DELETED")) == 2, 60)
+    live = sorted(int(e["id"].rsplit(".v", 1)[1]) for e in all_evms(api, job_id, state="READY"))
+
+    def rows() -> list[tuple[int, str, bool]]:  # (EVM number, recorded state, delete requested)
+        return sorted((row[0], row[4], row[5]) for row in json.loads(desired.read_text())["evms"])
+
+    wait_for("the desired file to hold only the 2 live EVMs", lambda: rows() == [(n, "READY", False) for n in live],
+             120)
+    assert store.evms.meta.find_one({"_id": job_id})["seen"]["e0"] >= 2
+    assert api.delete(f"/jobs/{job_id}").status_code == 202
+    api.wait_state(job_id, "CANCELLED", timeout=90)
 
 
 EVM_VIEW = r"""

@@ -6,8 +6,10 @@
                  address is never held twice within a job and is free again once its EVM is gone.
 ``evm_batches``  one per creation request (the job's initial EVMs, each POST): distribution and the
                  per-EPM rates the agents pace by.
-``evm_jobs``     one per job: the next EVM number, the batch counter and a generation per EPM that
-                 every change of the EPM's desired set bumps (the Worker polls it to react at once);
+``evm_jobs``     one per job: the next EVM number, the batch counter, a generation per EPM that
+                 every change of the EPM's desired set bumps and a count per EPM of the agent's reports
+                 applied (``gens`` and ``seen``: the Worker polls both to rewrite an EPM's desired
+                 file when, and only when, its records moved);
                  ``gen``, the job-wide set generation, with the lease and ``spec`` (distribution and
                  rate) of resizes (PATCH .../evms: set_state, set_guard, set_release).
 
@@ -314,8 +316,11 @@ class EvmStore:
     def set_release(self, job_id: str) -> None:
         self.meta.update_one({"_id": job_id}, {"$set": {"lease": None}, "$inc": {"gen": 1}})
 
-    def gens(self, job_ids: list[str]) -> dict[str, dict[str, int]]:
-        return {d["_id"]: d.get("gens") or {} for d in self.meta.find({"_id": {"$in": job_ids}}, {"gens": 1})}
+    def versions(self, job_ids: list[str]) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
+        """Per job, in one query: each EPM's set generation (``gens``: EVMs added, deleted, relabelled) and its
+        report count (``seen``: Discovery applied reports of its agent, so the recorded states moved)."""
+        return {d["_id"]: (d.get("gens") or {}, d.get("seen") or {})
+                for d in self.meta.find({"_id": {"$in": job_ids}}, {"gens": 1, "seen": 1})}
 
     def for_epm(self, job_id: str, epm: str) -> list[dict[str, Any]]:
         """What the EPM's agent should hold: its live EVMs with their recorded state."""
@@ -375,7 +380,13 @@ class EvmStore:
                                   "state": {"$in": evm_states_before(st)}}, doc))
         if not ops:
             return 0
-        return self.col.bulk_write(ops, ordered=False).modified_count
+        moved = self.col.bulk_write(ops, ordered=False).modified_count
+        # A report of an outcome, even one that moved nothing (a resend: the agent's desired file shows older
+        # states than MongoDB), tells the EPM's Worker to rewrite that file from the records (Worker/evms.py).
+        # DEPLOYING alone does not: the agent never compares against it, and a rewrite costs two queries.
+        if any(item[1] != EvmState.DEPLOYING.value for item in items):
+            self.meta.update_one({"_id": job_id}, {"$inc": {f"seen.{epm}": 1}})
+        return moved
 
     def finish(self, job_id: str, reason: str, epm: str | None = None, attempt: int | None = None) -> int:
         """Every live EVM of a job (or of one EPM, up to ``attempt``) is DELETED: its EPM is gone for good."""

@@ -37,8 +37,13 @@ from .vpc import VpcNet
 
 RESEND_SECONDS = 10.0
 STATUS_SECONDS = 1.0  # a changed status is said at most this often,
-STATUS_IDLE_SECONDS = 3.0  # an unchanged one this often (the Worker takes one older than 5 s as stale)
-IDLE_WAIT = 1.0  # the Worker nudges the agent's socket on every change: polling is the fallback
+STATUS_IDLE_SECONDS = 3.0  # an unchanged one this often while draining (the Worker takes one older than 5 s as stale),
+STATUS_QUIET_SECONDS = 30.0  # and otherwise this often
+# The Worker nudges the agent's socket on every change, so polling is only the fallback: every second while
+# draining, every QUIET_WAIT otherwise. A node agent serves hundreds of EPMs, one thread each; with all of them
+# waking every second, their idle passes alone took a noticeable share of a core (BENCHMARKS.md).
+IDLE_WAIT = 1.0
+QUIET_WAIT = 10.0
 CREATE_SLICE = 0.25  # seconds of creating before looking at the desired file again
 EXIT_STUCK = 75
 
@@ -88,6 +93,14 @@ class Agent:
 
     def _bind_wake(self) -> socket.socket:
         return bind_datagram(os.path.join(self.dir, names.AGENT_SOCK))
+
+    def interrupt(self) -> None:
+        """End the loop now, not at the end of its current wait (up to ``QUIET_WAIT``)."""
+        self.stopping.set()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.setblocking(False)
+            with contextlib.suppress(OSError):
+                s.sendto(b"s", os.path.join(self.dir, names.AGENT_SOCK))
 
     # ---- the desired file ---------------------------------------------------------------------
     def refresh(self) -> bool:
@@ -176,7 +189,8 @@ class Agent:
         fields = {"present": len(self.present), "queued": self.queued, "failed": len(self.failed),
                   "drained": d.drain and not self.present}
         since = now - self.last_status
-        if since >= STATUS_IDLE_SECONDS or (since >= STATUS_SECONDS and fields != self.last_status_fields):
+        quiet = STATUS_IDLE_SECONDS if d.drain else STATUS_QUIET_SECONDS
+        if since >= quiet or (since >= STATUS_SECONDS and fields != self.last_status_fields):
             self.last_status, self.last_status_fields = now, fields
             assert self.reporter is not None
             self.reporter.status(**fields)
@@ -325,7 +339,8 @@ class Agent:
             if self.reporter.due() or self.queued == 0:
                 self.reporter.flush()
             now = time.monotonic()
-            pause = min(IDLE_WAIT, max(0.0, self.next_due - now)) if self.queued else IDLE_WAIT
+            idle = IDLE_WAIT if self.desired is not None and self.desired.drain else QUIET_WAIT
+            pause = min(idle, max(0.0, self.next_due - now)) if self.queued else idle
             self.wait(pause)
         if self.reporter is not None:
             self.reporter.close()

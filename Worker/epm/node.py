@@ -206,7 +206,7 @@ class Node:
                     break
         for r in list(self.runners.values()):
             if r.agent is not None:
-                r.agent.stopping.set()
+                r.agent.interrupt()
         for r in list(self.runners.values()):
             r.thread.join(timeout=5.0)
 
