@@ -85,6 +85,9 @@ class Tracked:
     attempt: int
     cfg: dict[str, Any]
     version: tuple[int, int] = (-1, -1)  # (gen, seen) of the EPM when its desired file was last written
+    # Its records and rates as last read, with the version they were read at: a rewrite for a VPC plan change
+    # alone (a sibling EPM got its address) needs no query.
+    records: tuple[tuple[int, int], list[dict[str, Any]], dict[str, dict[str, Any]]] | None = None
     digest: str = ""
     written_at: float = 0.0
     status: dict[str, Any] = field(default_factory=dict)
@@ -173,9 +176,16 @@ class EvmSync:
         return tr
 
     # ---- the desired file ---------------------------------------------------------------------
-    def write(self, tr: Tracked, force: bool = False) -> None:
-        records = self.store.evms.for_epm(tr.job_id, tr.epm)
-        rates = self.store.evms.rates_for(tr.job_id, tr.epm)
+    def write(self, tr: Tracked, force: bool = False, version: tuple[int, int] | None = None) -> None:
+        """Write the EPM's desired file (only if its content changed, unless ``force``). ``version``: the EPM's
+        (gen, seen), read before this call; its records are read again unless they were read at that very
+        version (None: always read)."""
+        if version is not None and tr.records is not None and tr.records[0] == version:
+            records, rates = tr.records[1], tr.records[2]
+        else:
+            records = self.store.evms.for_epm(tr.job_id, tr.epm)
+            rates = self.store.evms.rates_for(tr.job_id, tr.epm)
+            tr.records = (version, records, rates) if version is not None else None
         vpc = self._plan(tr.job_id).plan.get(tr.epm)
         doc = desired_doc(tr.job_id, tr.epm, tr.attempt, tr.link.container, tr.cfg, records, rates,
                           tr.drain_until is not None, self.cfg.worker.evm_op_timeout_seconds, vpc)
@@ -249,7 +259,7 @@ class EvmSync:
             version = (gens.get(tr.epm, 0), seen.get(tr.epm, 0))
             stale = now - tr.written_at >= self.cfg.worker.evm_refresh_seconds
             if version != tr.version or stale or self._plans[tr.job_id].changed_at > tr.written_at:
-                self.write(tr)
+                self.write(tr, version=None if stale else version)
                 tr.version = version
 
     def _target(self, tr: Tracked) -> None:

@@ -42,8 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import cpu_by_process  # noqa: E402
+from Common.config import load as load_config  # noqa: E402
 from Common.ops.emulated import SOCK_ROOT  # noqa: E402
 from Common.ops.emulated import remove as remove_hosts  # noqa: E402
+from Common.store import Store  # noqa: E402
 from Worker.evms import DEFAULT_COMMAND, DEFAULT_IMAGE  # noqa: E402
 
 TAG = "dens"
@@ -51,6 +53,7 @@ TAG = "dens"
 # gets by default (with which a 24 GB node is fully claimed at 188 EPMs).
 EPM_MEMORY = "48m"
 EPM_MEMORY_BYTES = 48 * 2**20
+START_TRIES = 6  # Docker alone: starts of one container before giving up on a timed-out network attachment
 
 
 def _env(run_dir: str) -> dict[str, str]:
@@ -145,9 +148,10 @@ def rates_by_tenth(times: list[float]) -> list[float | None]:
     return [round((n / 10) / (b - a), 2) if b > a else None for a, b in zip([0.0, *ends[:-1]], ends, strict=True)]
 
 
-def system_run(api: Api, jobs: int, per_job: int, evms: bool = True) -> dict[str, Any]:
-    """Submit the jobs, then poll the job list (one request every 2 s: polling each job would load the
-    2-vCPU machine the engines share) until every task is RUNNING. Times are the system's own: the
+def system_run(api: Api, jobs: int, per_job: int, evms: bool = True, store: Store | None = None) -> dict[str, Any]:
+    """Submit the jobs, then poll until every task is RUNNING: with ``store``, a count of the jobs by state in
+    MongoDB every 2 s (reading the whole job list every 2 s made the benchmark itself a tenth of the embedded
+    MongoDB's work at 1,000 EPMs), then the job list once for the times. Times are the system's own: the
     first submission's wall clock to the latest task's RUNNING time (``state_times``)."""
     ids: list[str] = []
     t0_wall, t0 = time.time(), time.monotonic()
@@ -173,6 +177,16 @@ def system_run(api: Api, jobs: int, per_job: int, evms: bool = True) -> dict[str
         return len(views) == len(ids) and all(t["state"] == "RUNNING" for j in views.values()
                                                for t in j["tasks"].values())
 
+    def all_jobs_running() -> bool:
+        assert store is not None
+        by_state = {d["_id"]: d["n"] for d in store.jobs.col.aggregate([
+            {"$match": {"_id": {"$in": ids}}}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}])}
+        if by_state.get("FAILED") or by_state.get("CANCELLED"):
+            raise SystemExit(f"jobs ended: {by_state}")
+        return by_state.get("RUNNING", 0) == len(ids)
+
+    if store is not None:
+        wait(all_jobs_running, f"{len(ids)} jobs RUNNING", 3600, every=2.0)
     wait(all_running, f"{n} EPMs RUNNING", 3600, every=2.0)
     running_times = [t["state_times"]["RUNNING"] - t0_wall for j in views.values() for t in j["tasks"].values()]
     running = max(running_times)
@@ -243,6 +257,7 @@ def docker_alone(placement: list[list[str]], parallel: int, mem: int, remove: bo
     nets: dict[int, str] = {}
     made: list[tuple[docker.APIClient, str]] = []
     done: list[float] = []
+    retried: list[int] = []
 
     def one(item: tuple[int, int]) -> None:
         i, k = item
@@ -256,7 +271,18 @@ def docker_alone(placement: list[list[str]], parallel: int, mem: int, remove: bo
                                       network_mode=f"rswdens-base-{i}", security_opt=["no-new-privileges"])
         c = eng.create_container(DEFAULT_IMAGE, command=DEFAULT_COMMAND, name=f"rswdens-base-{i}-{k}",
                                  host_config=host, labels={"rswarm.bench": "density"}, detach=True)
-        eng.start(c["Id"])
+        for attempt in range(START_TRIES):
+            try:
+                eng.start(c["Id"])
+                break
+            except docker.errors.APIError as exc:
+                # The Swarm's network attachment timing out on a loaded host is transient; the system's Worker
+                # starts the container again too (Worker.engine.StartTimedOut), so Docker alone does the same.
+                if "context deadline exceeded" not in str(exc) or attempt == START_TRIES - 1:
+                    raise
+                with lock:
+                    retried.append(i)
+                time.sleep(min(2.0 * 2 ** attempt, 30.0))
         with lock:
             made.append((eng, c["Id"]))
             done.append(time.monotonic() - t0)
@@ -276,7 +302,7 @@ def docker_alone(placement: list[list[str]], parallel: int, mem: int, remove: bo
     elapsed = time.monotonic() - t0
     cpu = cpu_by_process.since(window)
     n = len(items)
-    out = {"containers": n, "elapsed_s": elapsed, "containers_per_s": n / elapsed,
+    out = {"containers": n, "elapsed_s": elapsed, "containers_per_s": n / elapsed, "start_retries": len(retried),
            "containers_per_s_by_tenth": rates_by_tenth(done), "parallel": parallel,
            "placed_as_the_system": sum(1 for i, k in items if placement[i][k] in by_node),
            **cpu}
@@ -331,7 +357,8 @@ def main() -> int:
             agents0, workers0, hosts0 = (rss_in_hosts(b"Worker.epm.node"), rss_in_hosts(b"-m\x00Worker\x00"),
                                          rss_in_hosts())
             window = cpu_by_process.start()
-            res = system_run(api, args.jobs, args.per_job, evms=not args.no_evms)
+            store = Store.connect(load_config(env=env), "bench", role="admin")
+            res = system_run(api, args.jobs, args.per_job, evms=not args.no_evms, store=store)
             # CPU from the first submission until every task was seen RUNNING (and its EVMs READY)
             res.update(cpu_by_process.since(window))
             print(json.dumps({k: v for k, v in res.items() if k not in ("ids", "placement")}), flush=True)
