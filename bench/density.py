@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import cpu_by_process  # noqa: E402
 from Common.config import load as load_config  # noqa: E402
+from Common.ops.cluster import apply_cluster_mode  # noqa: E402
 from Common.ops.emulated import SOCK_ROOT  # noqa: E402
 from Common.ops.emulated import remove as remove_hosts  # noqa: E402
 from Common.store import Store  # noqa: E402
@@ -357,7 +358,9 @@ def main() -> int:
             agents0, workers0, hosts0 = (rss_in_hosts(b"Worker.epm.node"), rss_in_hosts(b"-m\x00Worker\x00"),
                                          rss_in_hosts())
             window = cpu_by_process.start()
-            store = Store.connect(load_config(env=env), "bench", role="admin")
+            bench_cfg = load_config(env=env)
+            apply_cluster_mode(bench_cfg)  # the embedded MongoDB listens on the cluster's bridge
+            store = Store.connect(bench_cfg, "bench", role="admin")
             res = system_run(api, args.jobs, args.per_job, evms=not args.no_evms, store=store)
             # CPU from the first submission until every task was seen RUNNING (and its EVMs READY)
             res.update(cpu_by_process.since(window))
