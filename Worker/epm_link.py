@@ -103,10 +103,7 @@ class EpmLink:
 
     def write_target(self, pid: int, cid: str, hostname: str) -> None:
         self._write(names.TARGET_FILE, {"pid": pid, "id": cid, "hostname": hostname})
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.setblocking(False)
-            with contextlib.suppress(OSError):
-                s.sendto(b"t", str(self.dir.parent / names.NODE_SOCK))
+        names.hint(str(self.dir.parent / names.NODE_SOCK), b"t")
 
     def has_target(self) -> bool:
         return (self.dir / names.TARGET_FILE).exists()
@@ -117,10 +114,7 @@ class EpmLink:
 
     def nudge(self) -> None:
         """Tell the agent to look again (a hint: if nobody listens, its own polling finds the file)."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.setblocking(False)
-            with contextlib.suppress(OSError):
-                s.sendto(b"w", str(self.dir / names.AGENT_SOCK))
+        names.hint(str(self.dir / names.AGENT_SOCK), b"w")
 
     def receive(self, limit: int = 1000) -> list[bytes]:
         out: list[bytes] = []

@@ -32,7 +32,7 @@ import logging
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -375,12 +375,17 @@ class EvmSync:
     def started(self, container: str) -> None:
         """The Worker started this container: if it is an EPM, its target.json is written at the next sync pass
         (only then: inspecting every EPM still waiting for its start, every pass, cost the engine and the Worker)."""
+        self._mark_running([container])
+
+    def _mark_running(self, containers: Iterable[str]) -> None:
+        due = False
         with self.lock:
-            tr = self.tracked.get(container)
-            if tr is not None:
-                tr.running = True
-        if tr is not None:
-            self.kick.set()
+            for cname in containers:
+                tr = self.tracked.get(cname)
+                if tr is not None and not tr.targeted:
+                    tr.running = due = True
+        if due:
+            self.kick.set()  # the sync thread writes target.json at once
 
     def observe(self, epm_containers: dict[str, tuple[str, str, int, dict[str, Any]]], running: set[str]) -> None:
         """Called each Worker pass with this node's EPM containers: name -> (job, task, attempt, task doc), and
@@ -391,14 +396,7 @@ class EvmSync:
         for cname, (job_id, epm, attempt, t) in epm_containers.items():
             if cname not in self.tracked and is_epm(t) and t.get("attempt") == attempt:
                 self.track(job_id, epm, t)
-        due = False
-        with self.lock:
-            for cname in running:
-                tr = self.tracked.get(cname)
-                if tr is not None and not tr.targeted:
-                    tr.running = due = True
-        if due:
-            self.kick.set()  # the sync thread writes target.json at once
+        self._mark_running(running)
         with self.lock:
             gone = [tr for name, tr in self.tracked.items() if name not in epm_containers and tr.written_at
                     and time.monotonic() - tr.written_at > 1.0]

@@ -149,8 +149,8 @@ def rates_by_tenth(times: list[float]) -> list[float | None]:
     return [round((n / 10) / (b - a), 2) if b > a else None for a, b in zip([0.0, *ends[:-1]], ends, strict=True)]
 
 
-def system_run(api: Api, jobs: int, per_job: int, evms: bool = True, store: Store | None = None) -> dict[str, Any]:
-    """Submit the jobs, then poll until every task is RUNNING: with ``store``, a count of the jobs by state in
+def system_run(api: Api, store: Store, jobs: int, per_job: int, evms: bool = True) -> dict[str, Any]:
+    """Submit the jobs, then poll until every task is RUNNING: a count of the jobs by state in
     MongoDB every 2 s (reading the whole job list every 2 s made the benchmark itself a tenth of the embedded
     MongoDB's work at 1,000 EPMs), then the job list once for the times. Times are the system's own: the
     first submission's wall clock to the latest task's RUNNING time (``state_times``)."""
@@ -179,15 +179,13 @@ def system_run(api: Api, jobs: int, per_job: int, evms: bool = True, store: Stor
                                                for t in j["tasks"].values())
 
     def all_jobs_running() -> bool:
-        assert store is not None
         by_state = {d["_id"]: d["n"] for d in store.jobs.col.aggregate([
             {"$match": {"_id": {"$in": ids}}}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}])}
         if by_state.get("FAILED") or by_state.get("CANCELLED"):
             raise SystemExit(f"jobs ended: {by_state}")
         return by_state.get("RUNNING", 0) == len(ids)
 
-    if store is not None:
-        wait(all_jobs_running, f"{len(ids)} jobs RUNNING", 3600, every=2.0)
+    wait(all_jobs_running, f"{len(ids)} jobs RUNNING", 3600, every=2.0)
     wait(all_running, f"{n} EPMs RUNNING", 3600, every=2.0)
     running_times = [t["state_times"]["RUNNING"] - t0_wall for j in views.values() for t in j["tasks"].values()]
     running = max(running_times)
@@ -361,7 +359,7 @@ def main() -> int:
             bench_cfg = load_config(env=env)
             apply_cluster_mode(bench_cfg)  # the embedded MongoDB listens on the cluster's bridge
             store = Store.connect(bench_cfg, "bench", role="admin")
-            res = system_run(api, args.jobs, args.per_job, evms=not args.no_evms, store=store)
+            res = system_run(api, store, args.jobs, args.per_job, evms=not args.no_evms)
             # CPU from the first submission until every task was seen RUNNING (and its EVMs READY)
             res.update(cpu_by_process.since(window))
             print(json.dumps({k: v for k, v in res.items() if k not in ("ids", "placement")}), flush=True)

@@ -97,10 +97,7 @@ class Agent:
     def interrupt(self) -> None:
         """End the loop now, not at the end of its current wait (up to ``QUIET_WAIT``)."""
         self.stopping.set()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.setblocking(False)
-            with contextlib.suppress(OSError):
-                s.sendto(b"s", os.path.join(self.dir, names.AGENT_SOCK))
+        names.hint(os.path.join(self.dir, names.AGENT_SOCK), b"s")
 
     # ---- the desired file ---------------------------------------------------------------------
     def refresh(self) -> bool:

@@ -6,7 +6,9 @@ restarted agent finds its own objects (and only those) by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 
 FORMAT = 1  # of the desired file and of the reports
 
@@ -81,3 +83,12 @@ def seq_of(name: str, prefix: str) -> int | None:
     if not rest.isdigit() or rest.startswith("0"):
         return None
     return int(rest)
+
+
+def hint(path: str, what: bytes) -> None:
+    """Send a one-byte "look again" datagram to a socket (a hint: if nobody listens, the reader's own polling
+    finds the change)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        s.setblocking(False)
+        with contextlib.suppress(OSError):
+            s.sendto(what, path)
