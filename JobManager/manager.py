@@ -340,6 +340,11 @@ class JobManager:
             for key, alloc in w.get("allocations", {}).items():
                 job_id, _, task = key.partition(":")
                 if self._owned(jobs.get(job_id), task, alloc["token"], w["_id"], now):
+                    lease = jobs[job_id].get("lease") or {}
+                    if lease.get("token") == alloc["token"]:
+                        # Owned by an in-flight placement only, whose placer may have died: look again
+                        # when its lease runs out, not at the next sweep (jobmanager.sweep_seconds).
+                        self.retry_at = min(self.retry_at, lease.get("until", now) + LEASE_GRACE_SECONDS + 0.1)
                     continue
                 if (job_id, task, w["_id"], alloc["token"]) in migrating:
                     continue  # the target's claim of a migration in flight
@@ -373,11 +378,17 @@ class JobManager:
             if job.get("cancel_requested"):
                 self.calls.submit(self.gm.stop, job["_id"])
                 continue
-            stuck = [t for t in job["tasks"].values() if t["state"] == TaskState.SCHEDULED.value
-                     and now - t["state_times"].get(TaskState.SCHEDULED.value, now)
-                     > self.cfg.jobmanager.redeploy_after_seconds]
-            if stuck and (job.get("deploy_retry") or {}).get("at", 0) <= now:
-                self.calls.submit(self.deploy, job["_id"])
+            after = self.cfg.jobmanager.redeploy_after_seconds
+            scheduled_at = [t["state_times"].get(TaskState.SCHEDULED.value, now) for t in job["tasks"].values()
+                            if t["state"] == TaskState.SCHEDULED.value]
+            if any(now - at > after for at in scheduled_at):
+                if (job.get("deploy_retry") or {}).get("at", 0) <= now:
+                    self.calls.submit(self.deploy, job["_id"])
+            elif scheduled_at and not job.get("dispatched_at"):
+                # Placed but not yet deployed: a deploy in flight, or one lost with a JobManager killed between
+                # the placement and the GlobalManager's answer. Look again when it would count as stuck, so
+                # the re-send does not wait for the next sweep (which may be long: jobmanager.sweep_seconds).
+                self.retry_at = min(self.retry_at, min(scheduled_at) + after + 0.1)
 
     def stop(self) -> None:
         self.stopping.set()

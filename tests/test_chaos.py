@@ -30,6 +30,9 @@ KILLS = 2  # SIGKILLs per process
 FREEZE_SECONDS = 30.0
 SEED = 11
 DRAIN_SECONDS = 600.0  # liveness bound on the accepted jobs' end after the last arrival
+# Arrivals take JOBS / RATE = 400 s; arrivals + drain + the checks after stay inside the test's own timeout, so a
+# job that never ends fails the test with its document and timeline (below), not with pytest-timeout's stack dump.
+TEST_TIMEOUT_SECONDS = 1500
 
 
 def _restarts(cfg) -> dict[str, int]:
@@ -58,6 +61,23 @@ def _jobs_not_final(cfg) -> list[str]:
         s.close()
 
 
+def _stuck_jobs_described(cfg, job_ids: list[str]) -> str:
+    """The document and the timeline of each job that did not end: what a failure must show to be replayed."""
+    s = Store.connect(cfg, "test-chaos")
+    try:
+        out = []
+        for job_id in job_ids[:5]:
+            doc = s.jobs.get(job_id) or {}
+            tasks = {t: {k: v.get(k) for k in ("state", "node", "attempt", "state_times", "reason")}
+                     for t, v in (doc.get("tasks") or {}).items()}
+            out.append(f"{job_id}: state {doc.get('state')} reason {doc.get('reason')!r} tasks {tasks} "
+                       f"deploy_retry {doc.get('deploy_retry')} lease {doc.get('lease')}")
+            out += [f"    {e}" for e in s.events.for_job(job_id, limit=50)]
+        return "\n".join(out)
+    finally:
+        s.close()
+
+
 def _leftovers() -> list[str]:
     d = docker_client()
     label = {"label": f"rswarm.cluster={TEST_CLUSTER}"}
@@ -65,6 +85,7 @@ def _leftovers() -> list[str]:
         [n["Name"] for n in d.api.networks(filters=label)]
 
 
+@pytest.mark.timeout(TEST_TIMEOUT_SECONDS)
 def test_every_process_sigkilled_twice_and_mongodb_frozen_during_300_jobs_every_accepted_job_ends_and_99pct_complete(
         system) -> None:
     before = _restarts(system)
@@ -85,7 +106,7 @@ def test_every_process_sigkilled_twice_and_mongodb_frozen_during_300_jobs_every_
     assert len(accepted) == JOBS
     assert len({r.job_id for r in accepted}) == JOBS  # an Idempotency-Key replay never made a second job
     not_final = [(r.job_id, r.state) for r in accepted if r.state not in TERMINAL]
-    assert not not_final, not_final
+    assert not not_final, f"{not_final}\n{_stuck_jobs_described(system, [j for j, _ in not_final])}"
     completed = sum(r.state == "COMPLETED" for r in accepted)
     others = [(r.job_id, r.state, r.reason) for r in accepted if r.state != "COMPLETED"]
     print(f"accepted {len(accepted)}, COMPLETED {completed}, refused attempts retried "

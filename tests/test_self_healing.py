@@ -8,8 +8,10 @@ Every wait is a liveness bound, never a speed claim. Every frozen process is res
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
+import os
 import signal
 import subprocess
 import time
@@ -19,7 +21,7 @@ from contextlib import contextmanager
 import pytest
 
 import Management
-from Common.store.workers import READY
+from Common.store.workers import READY, Alloc
 from tests.conftest import SLOT, TEST_CLUSTER
 from tests.helpers import Api, actor_pid, containers_of, signal_actor, sleeper, task_job, wait_for
 
@@ -117,6 +119,61 @@ def test_a_transient_deploy_error_is_retried_with_backoff_and_the_job_runs_once_
     job = api.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=180)
     assert job["state"] == "COMPLETED", job
     wait_for("the claim to be released", lambda: idle(store, system), 60)
+
+
+def test_a_deploy_lost_with_the_jobmanager_and_globalmanager_sigkilled_mid_call_is_resent_without_a_sweep(
+        api: Api, store, system) -> None:
+    """The JobManager placed the job (SCHEDULED) and its deploy call waits on a frozen GlobalManager; both
+    are SIGKILLed, so the call is lost on both ends. The test system's JobManager sweeps once an hour
+    (conftest), so only the restarted JobManager's own wake-up at ``redeploy_after_seconds`` re-sends it."""
+    procs = Management.Processes(system)
+    gm_pid = signal_actor(system, "globalmanager", signal.SIGSTOP)
+    try:
+        job_id = api.submit(task_job({"t": sleeper(1)}, name="deploy-lost-with-both-ends"))
+        wait_for("the job to be placed", lambda: (store.jobs.get(job_id) or {}).get("state") == "SCHEDULED", 60)
+        jm_pid = signal_actor(system, "jobmanager", signal.SIGKILL)
+        os.killpg(gm_pid, signal.SIGKILL)
+        killed_at = time.time()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(gm_pid, signal.SIGCONT)
+    job = store.jobs.get(job_id)
+    assert job["state"] == "SCHEDULED" and not job.get("dispatched_at") and not job.get("deploy_failures"), job
+    for name, pid in (("jobmanager", jm_pid), ("globalmanager", gm_pid)):
+        wait_for(f"{name} to be restarted", lambda n=name, p=pid: procs.alive(n) not in (None, p), 60)
+    job = api.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=180)
+    assert job["state"] == "COMPLETED", job
+    assert store.jobs.get(job_id)["dispatched_at"] > killed_at
+    wait_for("the claim to be released", lambda: idle(store, system), 60)
+
+
+def test_a_claim_left_by_a_jobmanager_killed_mid_placement_is_released_when_its_lease_ends_without_a_sweep(
+        api: Api, store, system) -> None:
+    """A placer that claimed a job's cores, then died before committing the placement, leaves a claim owned
+    only by its lease. The gap between the claim and the commit is a few milliseconds of one process, too
+    short to hit with a signal, so this test WRITES that state into MongoDB (the claim and the lease, as the
+    JobManager writes them: JobStore.acquire_lease, WorkerStore.claim) while the JobManager is frozen, then
+    SIGKILLs it for real. The job needs every core of the node, so while the claim holds them it cannot be
+    placed again; the test system sweeps once an hour (conftest), so only the restarted JobManager's own
+    wake-up when the lease (plus its grace) runs out releases the claim and lets the job run."""
+    node = worker(store, system)
+    cores = sorted(node["cores"])
+    token = "died-mid-placement-" + os.urandom(4).hex()
+    jm_pid = signal_actor(system, "jobmanager", signal.SIGSTOP)
+    try:
+        job_id = api.submit(task_job({"t": sleeper(1, cores=len(cores))}, name="claimed-by-a-dead-placer"))
+        assert store.jobs.acquire_lease(job_id, token, 3.0)
+        assert store.workers.claim(node["_id"], [Alloc(job_id, "t", tuple(cores), 64 * 2**20, token)]) is not None
+        os.killpg(jm_pid, signal.SIGKILL)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(jm_pid, signal.SIGCONT)
+    procs = Management.Processes(system)
+    wait_for("the jobmanager to be restarted", lambda: procs.alive("jobmanager") not in (None, jm_pid), 60)
+    job = api.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=180)
+    assert job["state"] == "COMPLETED", job
+    assert store.jobs.get(job_id)["tasks"]["t"]["claim_token"] != token  # placed again, by the new JobManager
+    wait_for("every claim to be released", lambda: idle(store, system), 60)
 
 
 def test_a_sigstopped_worker_is_declared_down_and_its_job_restarted_when_it_comes_back(
