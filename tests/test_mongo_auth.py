@@ -19,6 +19,7 @@ import pytest
 import Management
 from Common.store import Store
 from Common.store.credentials import ROLES, client_options, credential_file, read_credentials
+from tests.helpers import admin_uri
 
 pytestmark = pytest.mark.system
 
@@ -45,6 +46,20 @@ def test_unauthenticated_client_reads_and_writes_nothing(system, store) -> None:
         assert store.db["settings"].find_one({"strategy": "evil"}) is None
     finally:
         store.db["jobs"].delete_one({"_id": marker})
+
+
+def test_the_embedded_server_is_a_standalone_that_writes_no_oplog(system, store) -> None:
+    """Management.py starts SecantusDB with --standalone (Common/ops/mongo.py): the server says so in its
+    ``hello`` and, after the system's own writes and one here, its oplog holds nothing."""
+    store.db["settings"].update_one({"_id": "oplog-probe"}, {"$inc": {"n": 1}}, upsert=True)
+    try:
+        admin = pymongo.MongoClient(admin_uri(system), serverSelectionTimeoutMS=5000)
+        hello = admin.admin.command("hello")
+        assert hello["isWritablePrimary"] and "setName" not in hello, hello
+        assert admin["local"]["oplog.rs"].count_documents({}) == 0
+        admin.close()
+    finally:
+        store.db["settings"].delete_one({"_id": "oplog-probe"})
 
 
 def test_worker_role_cannot_create_or_drop_indexes_collections_databases_or_users(system, store) -> None:

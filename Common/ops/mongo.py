@@ -94,8 +94,11 @@ def provision(cfg: Config) -> None:
 def server_argv(cfg: Config) -> list[str]:
     """The daemon's command line: no secret in it (the users live in the data directory)."""
     daemon = Path(sys.executable).parent / "secantusd-py"
+    # --standalone: no replica-set advertisement, hence no oplog. Nothing here reads one (no change stream,
+    # no transaction; retryable writes are off against this server: Common/store.embedded_options), and
+    # writing it doubled the server's CPU per update (BENCHMARKS.md, "The embedded MongoDB without its oplog").
     argv = [str(daemon), "--host", cfg.mongo.embedded_host, "--port", str(cfg.mongo.embedded_port),
-            "--storage-path", str(data_dir(cfg)), "--log-level", "WARNING"]
+            "--storage-path", str(data_dir(cfg)), "--log-level", "WARNING", "--standalone"]
     if auth_on(cfg):
         argv.append("--auth")
     if cfg.mongo.tls_cert_file:
