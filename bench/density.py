@@ -355,11 +355,14 @@ def main() -> int:
             mem0 = mem_available()
             agents0, workers0, hosts0 = (rss_in_hosts(b"Worker.epm.node"), rss_in_hosts(b"-m\x00Worker\x00"),
                                          rss_in_hosts())
-            window = cpu_by_process.start()
             bench_cfg = load_config(env=env)
             apply_cluster_mode(bench_cfg)  # the embedded MongoDB listens on the cluster's bridge
-            store = Store.connect(bench_cfg, "bench", role="admin")
-            res = system_run(api, store, args.jobs, args.per_job, evms=not args.no_evms)
+            store = Store.connect(bench_cfg, "bench", role="admin")  # outside the measured window
+            window = cpu_by_process.start()
+            try:
+                res = system_run(api, store, args.jobs, args.per_job, evms=not args.no_evms)
+            finally:
+                store.close()
             # CPU from the first submission until every task was seen RUNNING (and its EVMs READY)
             res.update(cpu_by_process.since(window))
             print(json.dumps({k: v for k, v in res.items() if k not in ("ids", "placement")}), flush=True)
