@@ -42,7 +42,22 @@ MIN_BACKOFF_SECONDS = 0.5
 DEPLOY_MAX_ATTEMPTS = 8
 SUBNET_RECHECK_SECONDS = 2.0  # while a job waits for a subnet, the queue is looked at again this often
 DEPLOY_BACKOFF_SECONDS = (2.0, 60.0)
+# An accepted deploy whose tasks are still SCHEDULED is re-sent by the sweep after redeploy_after_seconds,
+# doubling with each accepted re-send at most this many times (see resend_due)
+REDEPLOY_BACKOFF_DOUBLINGS = 3
 MAX_BACKOFF_SECONDS = 10.0
+
+
+def resend_due(job: dict[str, Any], now: float, after: float) -> bool:
+    """Whether the sweep should re-send the deploy of a job whose tasks have been SCHEDULED longer than
+    ``after`` (jobmanager.redeploy_after_seconds). Never accepted: yes. Accepted n times: its tasks are most
+    likely queued behind a busy engine (at 1,000 EPMs they wait minutes) and re-sending every sweep only
+    adds work there, so only once ``after`` * 2^(n-1) (at most * 8) has passed since the last acceptance:
+    10, 20, 40, 80, 80 ... s by default."""
+    if not job.get("dispatched_at"):
+        return True
+    n = max(1, int(job.get("dispatches") or 1))
+    return now - job["dispatched_at"] > after * 2 ** min(n - 1, REDEPLOY_BACKOFF_DOUBLINGS)
 
 
 class JobManager:
@@ -382,7 +397,7 @@ class JobManager:
             scheduled_at = [t["state_times"].get(TaskState.SCHEDULED.value, now) for t in job["tasks"].values()
                             if t["state"] == TaskState.SCHEDULED.value]
             if any(now - at > after for at in scheduled_at):
-                if (job.get("deploy_retry") or {}).get("at", 0) <= now:
+                if (job.get("deploy_retry") or {}).get("at", 0) <= now and resend_due(job, now, after):
                     self.calls.submit(self.deploy, job["_id"])
             elif scheduled_at and not job.get("dispatched_at"):
                 # Placed but not yet deployed: a deploy in flight, or one lost with a JobManager killed between

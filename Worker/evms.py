@@ -176,15 +176,17 @@ class EvmSync:
         return tr
 
     # ---- the desired file ---------------------------------------------------------------------
-    def write(self, tr: Tracked, force: bool = False, version: tuple[int, int] | None = None) -> None:
+    def write(self, tr: Tracked, force: bool = False, version: tuple[int, int] | None = None,
+              read: tuple[list[dict[str, Any]], dict[str, dict[str, Any]]] | None = None) -> None:
         """Write the EPM's desired file (only if its content changed, unless ``force``). ``version``: the EPM's
         (gen, seen), read before this call; its records are read again unless they were read at that very
-        version (None: always read)."""
+        version (None: always read). ``read``: its records and rates, already read after ``version``."""
         if version is not None and tr.records is not None and tr.records[0] == version:
             records, rates = tr.records[1], tr.records[2]
         else:
-            records = self.store.evms.for_epm(tr.job_id, tr.epm)
-            rates = self.store.evms.rates_for(tr.job_id, tr.epm)
+            if read is None:
+                read = (self.store.evms.for_epm(tr.job_id, tr.epm), self.store.evms.rates_for(tr.job_id, tr.epm))
+            records, rates = read
             tr.records = (version, records, rates) if version is not None else None
         vpc = self._plan(tr.job_id).plan.get(tr.epm)
         doc = desired_doc(tr.job_id, tr.epm, tr.attempt, tr.link.container, tr.cfg, records, rates,
@@ -254,13 +256,23 @@ class EvmSync:
         for gone in set(self._plans) - set(jobs):
             self._plans.pop(gone, None)
             self._addresses.pop(gone, None)
+        due: dict[str, list[tuple[Tracked, tuple[int, int] | None]]] = {}
         for tr in tracked:
             gens, seen = versions.get(tr.job_id, ({}, {}))
             version = (gens.get(tr.epm, 0), seen.get(tr.epm, 0))
             stale = now - tr.written_at >= self.cfg.worker.evm_refresh_seconds
             if version != tr.version or stale or self._plans[tr.job_id].changed_at > tr.written_at:
-                self.write(tr, version=None if stale else version)
+                due.setdefault(tr.job_id, []).append((tr, None if stale else version))
                 tr.version = version
+        for job_id, items in due.items():
+            # One read of the records and one of the rates for all of a job's due EPMs, not two per EPM
+            # (an EPM's version moves with each report of its agent, so at 1,000 EPMs most are due often)
+            unread = sorted({tr.epm for tr, v in items
+                             if v is None or tr.records is None or tr.records[0] != v})
+            records = self.store.evms.for_epms(job_id, unread) if unread else {}
+            rates = self.store.evms.rates_for_epms(job_id, unread) if unread else {}
+            for tr, v in items:
+                self.write(tr, version=v, read=(records[tr.epm], rates[tr.epm]) if tr.epm in records else None)
 
     def _target(self, tr: Tracked) -> None:
         """Tell the node agent which process to enter, once the container runs."""

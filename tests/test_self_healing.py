@@ -180,6 +180,7 @@ def test_a_sigstopped_worker_is_declared_down_and_its_job_restarted_when_it_come
         api: Api, store, system) -> None:
     job_id = api.submit(task_job({"t": sleeper(6)}, name="on-a-hung-node"))
     api.wait_tasks(job_id, "RUNNING", timeout=120)
+    assert store.jobs.get(job_id)["dispatches"] == 1  # accepted deploys of this placement
     since = now()
     with frozen(system, "worker"):
         wait_for("the hung worker to be DOWN", lambda: worker(store, system)["state"] == "DOWN", 120)
@@ -190,6 +191,7 @@ def test_a_sigstopped_worker_is_declared_down_and_its_job_restarted_when_it_come
     wait_worker_ready(store, system)
     job = api.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=180)
     assert job["state"] == "COMPLETED" and job["tasks"]["t"]["attempt"] == 1, job
+    assert store.jobs.get(job_id)["dispatches"] == 1  # counted afresh for the new placement (it spaces the sweep's re-sends)
     wait_for("the claims to be released", lambda: idle(store, system), 60)
 
 

@@ -213,7 +213,10 @@ class JobStore:
         return False
 
     def mark_dispatched(self, job_id: str) -> None:
-        self.col.update_one({"_id": job_id}, {"$set": {"dispatched_at": time.time(), "deploy_retry": None}})
+        """Record an accepted deploy: when, and how many so far for this placement (``dispatches``, which
+        spaces the JobManager's re-sends of a deploy whose tasks are still waiting for their engine)."""
+        self.col.update_one({"_id": job_id}, {"$set": {"dispatched_at": time.time(), "deploy_retry": None},
+                                              "$inc": {"dispatches": 1}})
 
     def deploy_failed(self, job_id: str, error: str, backoff: tuple[float, float]) -> int | None:
         """Count a transient deploy failure of a placed job and set when to retry (exponential backoff
@@ -247,7 +250,7 @@ class JobStore:
         guard: dict[str, Any] = {"_id": job_id, "state": doc["state"], "cancel_requested": False}
         update: dict[str, Any] = {"state": JobState.QUEUED.value, "state_times": {JobState.QUEUED.value: now},
                                   "nodes": [], "lease": None, "reason": reason, "dispatched_at": None,
-                                  "deploy_failures": 0, "deploy_retry": None,
+                                  "dispatches": 0, "deploy_failures": 0, "deploy_retry": None,
                                   "last_preempted": {"by": by, "at": now}}
         history = []
         for name, t in doc["tasks"].items():
@@ -295,7 +298,7 @@ class JobStore:
         guard: dict[str, Any] = {"_id": job_id, "state": doc["state"], "cancel_requested": False}
         update: dict[str, Any] = {"state": JobState.QUEUED.value, "state_times": {JobState.QUEUED.value: now},
                                   "nodes": [], "lease": None, "reason": reason, "dispatched_at": None,
-                                  "deploy_failures": 0, "deploy_retry": None}
+                                  "dispatches": 0, "deploy_failures": 0, "deploy_retry": None}
         history = []
         for name, t in doc["tasks"].items():
             guard[f"tasks.{name}.attempt"] = t["attempt"]
