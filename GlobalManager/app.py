@@ -246,8 +246,10 @@ class Node(Resource):
 
 def sweep_networks(c: GMContext) -> None:
     """Remove the networks of finished (or vanished) jobs; the hints for it may have been lost."""
-    for rec in c.store.networks.active():
-        job = c.store.jobs.get(rec["_id"])
+    active = c.store.networks.active()
+    jobs = c.store.jobs.many({rec["_id"] for rec in active}, {"tasks": 1})  # one query, not one per network
+    for rec in active:
+        job = jobs.get(rec["_id"])
         if job is None or all(t["state"] in TASK_TERMINAL for t in job["tasks"].values()):
             try:
                 c.swarm.remove_network(rec["_id"])

@@ -44,6 +44,7 @@ from Common.evmspec import EPM_IMAGE
 from Common.logs import Throttled
 from Common.messaging import Sender
 from Common.store import Store
+from Common.store.evms import rates_on
 from Common.store.jobs import container_name
 from Worker import vpcs
 from Worker.epm.keeper import Keeper
@@ -115,6 +116,9 @@ class EvmSync:
         self._threads: list[threading.Thread] = []
         self.keeper = Keeper(str(self.root))
         self._plans: dict[str, VpcPlan] = {}  # by job
+        # By job: its batches' rates (EvmStore.batch_rates). Batches never change once inserted, so this is read
+        # again only when a record names a batch missing here (a VM-set addition), not for every desired file.
+        self._rates: dict[str, dict[str, dict[str, Any]]] = {}
         self._addresses: dict[str, dict[str, str]] = {}  # job -> its EPMs' overlay addresses
         self._addresses_at = -float("inf")
 
@@ -177,16 +181,15 @@ class EvmSync:
 
     # ---- the desired file ---------------------------------------------------------------------
     def write(self, tr: Tracked, force: bool = False, version: tuple[int, int] | None = None,
-              read: tuple[list[dict[str, Any]], dict[str, dict[str, Any]]] | None = None) -> None:
+              read: list[dict[str, Any]] | None = None) -> None:
         """Write the EPM's desired file (only if its content changed, unless ``force``). ``version``: the EPM's
         (gen, seen), read before this call; its records are read again unless they were read at that very
-        version (None: always read). ``read``: its records and rates, already read after ``version``."""
+        version (None: always read). ``read``: its records, already read after ``version``."""
         if version is not None and tr.records is not None and tr.records[0] == version:
             records, rates = tr.records[1], tr.records[2]
         else:
-            if read is None:
-                read = (self.store.evms.for_epm(tr.job_id, tr.epm), self.store.evms.rates_for(tr.job_id, tr.epm))
-            records, rates = read
+            records = self.store.evms.for_epm(tr.job_id, tr.epm) if read is None else read
+            rates = rates_on(self._batch_rates(tr.job_id, {r["batch"] for r in records}), tr.epm)
             tr.records = (version, records, rates) if version is not None else None
         vpc = self._plan(tr.job_id).plan.get(tr.epm)
         doc = desired_doc(tr.job_id, tr.epm, tr.attempt, tr.link.container, tr.cfg, records, rates,
@@ -196,6 +199,13 @@ class EvmSync:
         if force or digest != tr.digest:
             tr.link.write_desired(doc)
             tr.digest = digest
+
+    def _batch_rates(self, job_id: str, batches: set[str]) -> dict[str, dict[str, Any]]:
+        """The job's batch rates, read again only if ``batches`` (those its records name) are not all known."""
+        known = self._rates.get(job_id)
+        if known is None or not batches <= known.keys():
+            known = self._rates[job_id] = self.store.evms.batch_rates(job_id)
+        return known
 
     def _plan(self, job_id: str) -> VpcPlan:
         """The job's VPC plan, read from MongoDB if this Worker holds none yet (its first EPM of the job)."""
@@ -255,6 +265,7 @@ class EvmSync:
             self._update_plan(job_id, versions.get(job_id, ({}, {}))[0], self._addresses.get(job_id, {}))
         for gone in set(self._plans) - set(jobs):
             self._plans.pop(gone, None)
+            self._rates.pop(gone, None)
             self._addresses.pop(gone, None)
         due: dict[str, list[tuple[Tracked, tuple[int, int] | None]]] = {}
         for tr in tracked:
@@ -265,14 +276,13 @@ class EvmSync:
                 due.setdefault(tr.job_id, []).append((tr, None if stale else version))
                 tr.version = version
         for job_id, items in due.items():
-            # One read of the records and one of the rates for all of a job's due EPMs, not two per EPM
+            # One read of the records for all of a job's due EPMs, not one per EPM
             # (an EPM's version moves with each report of its agent, so at 1,000 EPMs most are due often)
             unread = sorted({tr.epm for tr, v in items
                              if v is None or tr.records is None or tr.records[0] != v})
             records = self.store.evms.for_epms(job_id, unread) if unread else {}
-            rates = self.store.evms.rates_for_epms(job_id, unread) if unread else {}
             for tr, v in items:
-                self.write(tr, version=v, read=(records[tr.epm], rates[tr.epm]) if tr.epm in records else None)
+                self.write(tr, version=v, read=records.get(tr.epm))
 
     def _target(self, tr: Tracked) -> None:
         """Tell the node agent which process to enter, once the container runs."""

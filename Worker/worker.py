@@ -142,7 +142,7 @@ class Worker:
                     self.engine_ok_at = float("-inf")  # nothing listens there: the engine is dead, not slow
                 log.warning("the Docker engine does not answer: %s", exc)
             try:
-                state = (self.store.workers.get(self.name) or {}).get("state")
+                state = self.store.workers.state_of(self.name)
             except Exception:  # MongoDB unreachable: try again at the next probe
                 state = READY
             if state in (DOWN, None) or state == REMOVED:

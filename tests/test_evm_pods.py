@@ -3,6 +3,7 @@ read from the engine) and resizing a job's EVM set, verified in the EPMs' kernel
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -80,7 +81,7 @@ def _in_kernel(api: Api, job_id: str, containers: dict[str, str], counts: dict[s
         wait_for(f"{epm} to hold {n} namespaces", lambda c=containers[epm], n=n: len(netns_in(c)) == n, 60)
 
 
-def test_resizing_the_evm_set_follows_the_distribution_is_idempotent_and_guarded(api: Api, store) -> None:
+def test_resizing_the_evm_set_follows_the_distribution_is_idempotent_and_guarded(api: Api, store, system) -> None:
     dist = {"kind": "skew", "s": 1.0, "seed": 5}
     job_id = api.submit(evm_job({"count": 6, "subnet": "10.92.0.0/24", "devices": "lean", "distribution": dist,
                                  "rate": {"kind": "rps", "rps": 40}}, tasks=2, mem_limit="64m", name="resize"))
@@ -100,6 +101,11 @@ def test_resizing_the_evm_set_follows_the_distribution_is_idempotent_and_guarded
     batch = store.db["evm_batches"].find_one({"job_id": job_id, "batch": r.json()["batch"]})
     assert batch["rate"] == {"kind": "rps", "rps": 30.0, "burst": 1} and batch["count"] == 8
     _in_kernel(api, job_id, containers, want)
+    # Each EPM given EVMs of the new batch was told the batch's rate on it (the Worker keeps the batches it
+    # read, so a batch added later must make it read them again).
+    for e in r.json()["added"]:
+        desired = system.run_path / "epm" / containers[e] / "desired.json"
+        assert json.loads(desired.read_text())["rates"].get(batch["batch"]) == batch["rates"][e], e
 
     # The same request again changes nothing.
     again = patch(api, job_id, {"count": 14, "rate": {"kind": "rps", "rps": 30}})

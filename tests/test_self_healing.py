@@ -191,7 +191,8 @@ def test_a_sigstopped_worker_is_declared_down_and_its_job_restarted_when_it_come
     wait_worker_ready(store, system)
     job = api.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=180)
     assert job["state"] == "COMPLETED" and job["tasks"]["t"]["attempt"] == 1, job
-    assert store.jobs.get(job_id)["dispatches"] == 1  # counted afresh for the new placement (it spaces the sweep's re-sends)
+    # counted afresh for the new placement (the count spaces the sweep's re-sends)
+    assert store.jobs.get(job_id)["dispatches"] == 1
     wait_for("the claims to be released", lambda: idle(store, system), 60)
 
 

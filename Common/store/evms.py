@@ -46,6 +46,11 @@ def evm_name(seq: int) -> str:
     return f"vm{seq}"
 
 
+def rates_on(batch_rates: dict[str, dict[str, Any]], epm: str) -> dict[str, dict[str, Any]]:
+    """Each batch's creation rate on one EPM, from ``EvmStore.batch_rates`` (sequential where it names none)."""
+    return {batch: rates.get(epm) or {"kind": "sequential"} for batch, rates in batch_rates.items()}
+
+
 class EvmStore:
     def __init__(self, db: Database, events: EventLog) -> None:
         self.col = db["evms"]
@@ -341,15 +346,11 @@ class EvmStore:
         return list(self.col.find({"job_id": job_id, "state": {"$in": LIVE}},
                                   {"_id": 0, "mac": 1, "epm": 1, "vpc": 1}))
 
-    def rates_for(self, job_id: str, epm: str) -> dict[str, dict[str, Any]]:
-        return self.rates_for_epms(job_id, [epm])[epm]
-
-    def rates_for_epms(self, job_id: str, epms: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
-        """Per EPM of the job, each batch's creation rate on it, in one query."""
-        fields = {f"rates.{e}": 1 for e in epms} if len(epms) <= 64 else {"rates": 1}
-        docs = list(self.batches.find({"job_id": job_id}, {"batch": 1, **fields}))
-        return {e: {d["batch"]: (d.get("rates") or {}).get(e) or {"kind": "sequential"} for d in docs}
-                for e in epms}
+    def batch_rates(self, job_id: str) -> dict[str, dict[str, Any]]:
+        """Each of the job's batches: its creation rate on each EPM (``rates``), by batch. A batch document
+        is never changed once inserted, so a reader may keep this until a record names a batch it lacks."""
+        docs = self.batches.find({"job_id": job_id}, {"batch": 1, "rates": 1})
+        return {d["batch"]: d.get("rates") or {} for d in docs}
 
     def adopt(self, job_id: str, epm: str, attempt: int) -> int:
         """Bind an EPM's EVMs to its new attempt (a new container): they start again at PENDING.
