@@ -244,8 +244,9 @@ class EvmSync:
                 failures.ok()
 
     def sync_once(self) -> None:
-        """One pass: a query for every job's EPM versions, one for their addresses when due, and a desired file
-        rewritten (two more queries) only for the EPMs whose records, or VPC plan, moved."""
+        """One pass: a query for every job's EPM versions, one for their addresses when due, and desired files
+        rewritten only for the EPMs whose records, or VPC plan, moved (one more query per job for their
+        records, and its batch rates only when a record names a batch not read yet)."""
         with self.lock:
             tracked = list(self.tracked.values())
         if not tracked:

@@ -398,7 +398,7 @@ class EvmStore:
         moved = self.col.bulk_write(ops, ordered=False).modified_count
         # A report of an outcome, even one that moved nothing (a resend: the agent's desired file shows older
         # states than MongoDB), tells the EPM's Worker to rewrite that file from the records (Worker/evms.py).
-        # DEPLOYING alone does not: the agent never compares against it, and a rewrite costs two queries.
+        # DEPLOYING alone does not: the agent never compares against it, and a rewrite costs a query.
         if any(item[1] != EvmState.DEPLOYING.value for item in items):
             self.meta.update_one({"_id": job_id}, {"$inc": {f"seen.{epm}": 1}})
         return moved
