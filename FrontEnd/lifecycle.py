@@ -59,7 +59,9 @@ GROUP_BODY = {"type": "object", "required": ["items"], "additionalProperties": F
                           "target": {"type": "string", "description": "a worker or 'any' (default)"}}}}}}
 CHECKPOINT_VIEW = {"type": "object", "required": ["id", "state"], "properties": {
     "id": {"type": "string"}, "state": {"type": "string", "example": "DONE"}, "job_id": {"type": "string"},
-    "task": {"type": "string"}, "node": {"type": "string"}, "size": {"type": "integer"}}}
+    "task": {"type": "string"}, "node": {"type": "string"}, "size": {"type": "integer"},
+    "attempts": {"type": "integer", "description": "failed tries so far (the engine refused; retried with backoff)"},
+    "last_error": {"type": "string", "x-nullable": True}}}
 MIGRATION_VIEW = {"type": "object", "required": ["id", "state"], "properties": {
     "id": {"type": "string"}, "state": {"type": "string", "example": "PLACED"}, "job_id": {"type": "string"},
     "task": {"type": "string"}, "source": {"type": "string"}}}
@@ -108,7 +110,8 @@ def checkpoint_view_of(c: dict[str, Any]) -> dict[str, Any]:
             "node": c["node"], "leave_running": c["leave_running"], "keep": bool(c.get("keep")),
             "purpose": c["purpose"],
             "files": len(c.get("files") or []), "size": c.get("size", 0), "created_at": c["created_at"],
-            "done_at": c.get("done_at"), "reason": c.get("reason"), "timings": c.get("timings") or {}}
+            "done_at": c.get("done_at"), "reason": c.get("reason"), "timings": c.get("timings") or {},
+            "attempts": c.get("attempts", 0), "last_error": c.get("last_error")}
 
 
 def migration_view_of(m: dict[str, Any]) -> dict[str, Any]:

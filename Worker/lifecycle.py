@@ -32,6 +32,12 @@ from Worker.volumes import job_paths
 
 log = logging.getLogger(__name__)
 
+# A user checkpoint the engine refuses (CRIU failed, the disk was full) is tried again on a later pass, with
+# backoff, before it is FAILED: such faults are often transient, and the request stays in MongoDB meanwhile.
+# A refusal that cannot change (the quota, a malformed image) fails at once.
+CHECKPOINT_ATTEMPTS = 3
+CHECKPOINT_RETRY_SECONDS = 2.0  # before the second try; doubled before each later one
+
 
 class Node(Protocol):
     """What the lifecycle needs of the Worker that owns it (the Worker satisfies it structurally, so this
@@ -46,12 +52,15 @@ class Node(Protocol):
 
     def report(self, job_id: str, task: str, attempt: int, state: TaskState, **extra: Any) -> None: ...
 
+    def wake_at(self, when: float) -> None: ...
+
 
 class Lifecycle:
     def __init__(self, worker: Node) -> None:
         self.w = worker
         self.applied: dict[str, int] = {}  # container id -> resources generation applied (this process)
         self.ckpt_root = worker.cfg.run_path / "checkpoints"
+        self.ckpt_not_before: dict[str, float] = {}  # checkpoint id -> monotonic time of its next try
 
     # ---- the pass -------------------------------------------------------------------------------
     def run(self, desired: dict[tuple[str, str, int], tuple[dict[str, Any], str, dict[str, Any]]],
@@ -60,8 +69,13 @@ class Lifecycle:
             obs = observed.get(key)
             if obs is not None and obs.status == "running" and t["state"] == TaskState.RUNNING.value:
                 self.apply_update(job["_id"], name, t, obs)
-        for c in self.w.store.checkpoints.pending_on(self.w.name):
-            self.user_checkpoint(c, desired, observed)
+        pending = self.w.store.checkpoints.pending_on(self.w.name)
+        now = time.monotonic()
+        self.ckpt_not_before = {c["_id"]: self.ckpt_not_before[c["_id"]] for c in pending
+                                if c["_id"] in self.ckpt_not_before}
+        for c in pending:
+            if self.ckpt_not_before.get(c["_id"], 0.0) <= now:
+                self.user_checkpoint(c, desired, observed)
         for m in self.w.store.migrations.in_state(mg.PLACED, source=self.w.name):
             self.migrate_out(m, observed)
         for m in self.w.store.migrations.in_state(mg.CHECKPOINTED, target=self.w.name):
@@ -127,13 +141,33 @@ class Lifecycle:
             return
         try:
             self._checkpoint(c, obs)
-        except (docker.errors.APIError, CheckpointError, OSError) as exc:
+        except CheckpointError as exc:  # the quota or a malformed image: another try gives the same answer
+            log.warning("checkpoint %s of %s/%s failed: %s", c["_id"], c["job_id"], c["task"], _why(exc))
             self.w.store.checkpoints.finish(c["_id"], ck.FAILED, reason=f"checkpoint failed: {_why(exc)}")
+            return
+        except (docker.errors.APIError, OSError) as exc:  # CRIU or the disk: a later try may pass
+            self._retry_or_fail(c, _why(exc))
             return
         log.info("checkpoint %s of %s/%s done", c["_id"], c["job_id"], c["task"])
         if not c["leave_running"]:
             self.w.report(c["job_id"], c["task"], c["attempt"], TaskState.CANCELLED,
                           reason=f"checkpointed as {c['_id']} and stopped", container_id=obs.id)
+
+    def _retry_or_fail(self, c: dict[str, Any], why: str) -> None:
+        attempts = self.w.store.checkpoints.failed_attempt(c["_id"], why)
+        if attempts is None:  # no longer requested: deleted, or its job ended meanwhile
+            return
+        if attempts >= CHECKPOINT_ATTEMPTS:
+            log.warning("checkpoint %s of %s/%s failed %d times; giving up: %s", c["_id"], c["job_id"], c["task"],
+                        attempts, why)
+            self.w.store.checkpoints.finish(c["_id"], ck.FAILED,
+                                            reason=f"checkpoint failed after {attempts} attempts: {why}")
+            return
+        delay = CHECKPOINT_RETRY_SECONDS * 2 ** (attempts - 1)
+        log.warning("checkpoint %s of %s/%s failed (attempt %d of %d): %s; trying again in %.0f s", c["_id"],
+                    c["job_id"], c["task"], attempts, CHECKPOINT_ATTEMPTS, why, delay)
+        self.ckpt_not_before[c["_id"]] = time.monotonic() + delay
+        self.w.wake_at(time.monotonic() + delay)
 
     # ---- migration ------------------------------------------------------------------------------
     def _report(self, m: dict[str, Any], state: str, **extra: Any) -> None:

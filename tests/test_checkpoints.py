@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +35,21 @@ def _checkpoint(api: Api, job_id: str, **body) -> dict:
     ck_id = r.json()["id"]
     return wait_for(f"checkpoint {ck_id} to be taken",
                     lambda: (c := api.get(f"/checkpoints/{ck_id}").json())["state"] in ("DONE", "FAILED") and c, 120)
+
+
+@contextmanager
+def _full_disk(root: Path) -> Iterator[list[bool]]:
+    """A real full disk under the Worker's checkpoint scratch directory: a 64 KiB tmpfs mounted over it, which
+    CRIU's image files do not fit in (the engine answers 500, "no space left on device"). The tmpfs is
+    unmounted lazily (the engine may still hold a file in it) by the path recorded here."""
+    root.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "rswarm-test-full", str(root)], check=True)
+    mounted = [True]
+    try:
+        yield mounted
+    finally:
+        if mounted[0]:
+            subprocess.run(["umount", "-l", str(root)], check=True)
 
 
 def _files(store, ck_id: str) -> int:
@@ -74,6 +92,7 @@ def test_list_get_and_delete_a_tasks_checkpoints(api: Api, store, idle_cluster) 
     try:
         first = _checkpoint(api, job_id)
         second = _checkpoint(api, job_id)
+        assert first["state"] == second["state"] == "DONE", (first, second)
         items = api.get(f"/jobs/{job_id}/tasks/t/checkpoints").json()["items"]
         assert [i["id"] for i in items] == [second["id"], first["id"]]  # newest first
         got = api.get(f"/checkpoints/{first['id']}")
@@ -94,7 +113,8 @@ def test_a_jobs_checkpoints_are_deleted_when_it_ends_except_a_kept_one(api: Api,
     job_id = _counter_job(api)
     plain = _checkpoint(api, job_id)
     kept = _checkpoint(api, job_id, keep=True)
-    assert plain["state"] == kept["state"] == "DONE"
+    assert plain["state"] == "DONE", plain
+    assert kept["state"] == "DONE", kept
     api.delete(f"/jobs/{job_id}")
     api.wait_state(job_id, "CANCELLED")
     wait_for("the job's plain checkpoint and its files to be deleted",
@@ -102,6 +122,48 @@ def test_a_jobs_checkpoints_are_deleted_when_it_ends_except_a_kept_one(api: Api,
     assert store.checkpoints.get(kept["id"])["keep"] is True and _files(store, kept["id"]) == kept["files"]
     assert api.delete(f"/checkpoints/{kept['id']}").status_code == 200
     assert _files(store, kept["id"]) == 0
+
+
+def test_a_checkpoint_the_disk_cannot_hold_is_tried_three_times_then_failed_and_the_task_keeps_running(
+        api: Api, store, system, idle_cluster) -> None:
+    job_id = _counter_job(api)
+    try:
+        with _full_disk(system.run_path / "checkpoints"):
+            c = _checkpoint(api, job_id)
+        assert c["state"] == "FAILED" and c["attempts"] == 3, c
+        assert "after 3 attempts" in c["reason"] and "no space left on device" in c["reason"], c
+        assert "no space left on device" in c["last_error"]
+        assert _files(store, c["id"]) == 0
+        t = api.job(job_id)["tasks"]["t"]
+        assert t["state"] == "RUNNING" and _container_status(t["container_id"]) == "running"
+    finally:
+        api.delete(f"/jobs/{job_id}")
+        api.wait_state(job_id, "CANCELLED")
+
+
+def test_a_checkpoint_refused_by_a_full_disk_is_tried_again_and_taken_once_the_disk_has_room(
+        api: Api, store, system, idle_cluster) -> None:
+    job_id = _counter_job(api)
+    try:
+        with _full_disk(system.run_path / "checkpoints") as mounted:
+            r = api.post(f"/jobs/{job_id}/tasks/t/checkpoints", json={})
+            assert r.status_code == 202, r.text
+            ck_id = r.json()["id"]
+            failed_once = wait_for("a first failed try", lambda: (c := api.get(f"/checkpoints/{ck_id}").json())
+                                   ["attempts"] >= 1 and c, 60)
+            assert failed_once["state"] == "REQUESTED", failed_once  # the next try is 2 s away, then 4 s
+            assert "no space left on device" in failed_once["last_error"]
+            subprocess.run(["umount", "-l", str(system.run_path / "checkpoints")], check=True)
+            mounted[0] = False
+        c = wait_for(f"checkpoint {ck_id} to be taken",
+                     lambda: (c := api.get(f"/checkpoints/{ck_id}").json())["state"] in ("DONE", "FAILED") and c, 60)
+        assert c["state"] == "DONE" and 1 <= c["attempts"] < 3, c
+        assert c["files"] > 0 and _files(store, ck_id) == c["files"]
+        t = api.job(job_id)["tasks"]["t"]
+        assert t["state"] == "RUNNING" and _container_status(t["container_id"]) == "running"
+    finally:
+        api.delete(f"/jobs/{job_id}")
+        api.wait_state(job_id, "CANCELLED")
 
 
 def test_checkpoint_beyond_the_quota_is_refused_409_with_the_figures(api: Api, store, system, idle_cluster) -> None:

@@ -56,7 +56,7 @@ class CheckpointStore:
         doc = {"_id": new_checkpoint_id(), "job_id": job_id, "task": task, "attempt": attempt, "node": node,
                "leave_running": leave_running, "purpose": purpose, "migration_id": migration_id, "keep": keep,
                "state": REQUESTED, "files": [], "size": 0, "created_at": time.time(), "reason": None,
-               "timings": {}}
+               "timings": {}, "attempts": 0, "last_error": None}
         self.col.insert_one(doc)
         return doc
 
@@ -78,6 +78,13 @@ class CheckpointStore:
             {"$set": {"state": state, "reason": reason, "done_at": time.time(), **fields}},
             return_document=ReturnDocument.AFTER,
         )
+
+    def failed_attempt(self, ckpt_id: str, error: str) -> int | None:
+        """Count a failed try of a checkpoint still REQUESTED; the tries so far, or None if it is not."""
+        doc = self.col.find_one_and_update({"_id": ckpt_id, "state": REQUESTED},
+                                           {"$inc": {"attempts": 1}, "$set": {"last_error": error}},
+                                           projection={"attempts": 1}, return_document=ReturnDocument.AFTER)
+        return None if doc is None else int(doc["attempts"])
 
     def delete(self, ckpt_id: str) -> bool:
         for f in self.files.find({"metadata.checkpoint": ckpt_id}):
