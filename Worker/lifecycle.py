@@ -166,8 +166,8 @@ class Lifecycle:
         delay = CHECKPOINT_RETRY_SECONDS * 2 ** (attempts - 1)
         log.warning("checkpoint %s of %s/%s failed (attempt %d of %d): %s; trying again in %.0f s", c["_id"],
                     c["job_id"], c["task"], attempts, CHECKPOINT_ATTEMPTS, why, delay)
-        self.ckpt_not_before[c["_id"]] = time.monotonic() + delay
-        self.w.wake_at(time.monotonic() + delay)
+        self.ckpt_not_before[c["_id"]] = at = time.monotonic() + delay
+        self.w.wake_at(at)
 
     # ---- migration ------------------------------------------------------------------------------
     def _report(self, m: dict[str, Any], state: str, **extra: Any) -> None:

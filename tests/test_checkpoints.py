@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,18 +38,24 @@ def _checkpoint(api: Api, job_id: str, **body) -> dict:
 
 
 @contextmanager
-def _full_disk(root: Path) -> Iterator[list[bool]]:
+def _full_disk(root: Path) -> Iterator[Callable[[], None]]:
     """A real full disk under the Worker's checkpoint scratch directory: a 64 KiB tmpfs mounted over it, which
-    CRIU's image files do not fit in (the engine answers 500, "no space left on device"). The tmpfs is
-    unmounted lazily (the engine may still hold a file in it) by the path recorded here."""
+    CRIU's image files do not fit in (the engine answers 500, "no space left on device"). Yields ``free``,
+    which unmounts it (lazily: the engine may still hold a file in it); it is unmounted at the end otherwise."""
     root.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "rswarm-test-full", str(root)], check=True)
-    mounted = [True]
-    try:
-        yield mounted
-    finally:
-        if mounted[0]:
+    mounted = True
+
+    def free() -> None:
+        nonlocal mounted
+        if mounted:
             subprocess.run(["umount", "-l", str(root)], check=True)
+            mounted = False
+
+    try:
+        yield free
+    finally:
+        free()
 
 
 def _files(store, ck_id: str) -> int:
@@ -145,7 +151,7 @@ def test_a_checkpoint_refused_by_a_full_disk_is_tried_again_and_taken_once_the_d
         api: Api, store, system, idle_cluster) -> None:
     job_id = _counter_job(api)
     try:
-        with _full_disk(system.run_path / "checkpoints") as mounted:
+        with _full_disk(system.run_path / "checkpoints") as free:
             r = api.post(f"/jobs/{job_id}/tasks/t/checkpoints", json={})
             assert r.status_code == 202, r.text
             ck_id = r.json()["id"]
@@ -153,8 +159,7 @@ def test_a_checkpoint_refused_by_a_full_disk_is_tried_again_and_taken_once_the_d
                                    ["attempts"] >= 1 and c, 60)
             assert failed_once["state"] == "REQUESTED", failed_once  # the next try is 2 s away, then 4 s
             assert "no space left on device" in failed_once["last_error"]
-            subprocess.run(["umount", "-l", str(system.run_path / "checkpoints")], check=True)
-            mounted[0] = False
+            free()
         c = wait_for(f"checkpoint {ck_id} to be taken",
                      lambda: (c := api.get(f"/checkpoints/{ck_id}").json())["state"] in ("DONE", "FAILED") and c, 60)
         assert c["state"] == "DONE" and 1 <= c["attempts"] < 3, c
